@@ -1,0 +1,29 @@
+"""polyattn: poly-attention — higher-order attention from an attention polynomial.
+
+>>> import torch, polyattn
+>>> q = [torch.randn(2, 16, 8) for _ in range(3)]
+>>> v = [torch.randn(2, 16, 8) for _ in range(2)]
+>>> polyattn.poly_attention("x1*x2 + x2*x3", q, v).shape
+torch.Size([2, 16, 8])
+"""
+
+from .errors import MethodError, PolyAttentionError, PolynomialSyntaxError, ReferenceSizeError
+from .functional import plan_for, poly_attention
+from .planning import Plan, plan
+from .polynomial import AttentionPolynomial, parse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionPolynomial",
+    "MethodError",
+    "Plan",
+    "PolyAttentionError",
+    "PolynomialSyntaxError",
+    "ReferenceSizeError",
+    "parse",
+    "plan",
+    "plan_for",
+    "poly_attention",
+    "__version__",
+]

@@ -1,0 +1,87 @@
+"""``poly_attention``: the one public operation (DESIGN §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .planning import DEFAULT_MEMORY_BUDGET, Plan
+from .planning.strategy import _cached
+from .polynomial import AttentionPolynomial
+from .ops import prepare, run
+
+__all__ = ["poly_attention", "plan_for"]
+
+
+def plan_for(
+    polynomial: str | AttentionPolynomial,
+    queries: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor | None] | None,
+    *,
+    scale: float | None = None,
+    causal: object = False,
+    mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+    method: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Plan:
+    """The :class:`Plan` that :func:`poly_attention` would run for these tensors."""
+    prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
+    return _cached(prob.spec, method, int(memory_budget))
+
+
+def poly_attention(
+    polynomial: str | AttentionPolynomial,
+    queries: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor | None] | None,
+    *,
+    scale: float | None = None,
+    causal: object = False,
+    mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+    method: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: object,
+) -> torch.Tensor:
+    r"""Poly-attention of ``polynomial`` (DESIGN §1.2).
+
+    .. math::
+        \mathrm{out}[l_1] = \sum_{l_2..l_t} \mathrm{softmax}_{l_2..l_t}\big(s\,h(l_1..l_t)\big)
+        \; V_2[l_2] \odot \dots \odot V_t[l_t]
+
+    Args:
+        polynomial: a spec such as ``"x1*x2 + x2*x3"`` or an :class:`AttentionPolynomial`.
+        queries: ``t`` tensors ``[..., n_j, d]``, one per variable (``x1`` first; there are no
+            separate keys: a variable's row enters every monomial containing it).
+        values: ``t - 1`` entries for ``x2..xt``, each ``[..., n_j, dv]`` or ``None`` (all-ones value).
+            ``None`` for the whole list makes every variable value-less (then ``dv = 1``).
+        scale: logit scale ``s``; default ``1/sqrt(d)`` so that ``x1*x2`` equals SDPA.
+        causal: ``False``, ``"tree"`` (each variable <= its parent in the tree rooted at x1),
+            ``"prefix"`` (every variable <= the query position) or ``True`` (= ``"prefix"``).
+        mask: ``{(a, b): bool [..., n_a, n_b]}`` pair masks, 1-based variables, True = allowed.
+        method: ``"auto"`` or an exact method (``"sdpa"``, ``"tree"``, ``"elimination"``,
+            ``"reference"``); an explicit method that cannot handle the input raises.
+
+    Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input
+    dtype. A query row with no admissible tuple returns zeros. Returns ``[..., n_1, dv]``.
+    """
+    prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
+    pl = _cached(prob.spec, method, int(memory_budget))
+    hook = _OPTION_HOOKS.get(pl.method)
+    if options:
+        if hook is None:
+            raise_unknown_options(pl.method, options)
+        pl = hook(prob, pl, options)  # type: ignore[misc]
+    out = run(prob, pl)
+    return out.to(prob.out_dtype)
+
+
+#: Methods that accept extra keyword options (e.g. ``tolerance=`` for ``"approx"``) register here.
+_OPTION_HOOKS: dict[str, object] = {}
+
+
+def raise_unknown_options(method: str, options: Mapping[str, object]) -> None:
+    from .errors import PolyAttentionError
+
+    raise PolyAttentionError(
+        f"unexpected keyword argument(s) {', '.join(sorted(options))} for method={method!r}"
+    )

@@ -1,0 +1,33 @@
+"""Small helpers shared by the kernels: einsum letters, broadcasting factors to a joint scope."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["letters", "expand_to", "NEG_INF", "safe_log"]
+
+NEG_INF = float("-inf")
+_LETTERS = "abcdefghijklmnopqrstuvwxy"  # 'z' is reserved for the value channel
+
+
+def letters(vars_: tuple[int, ...]) -> str:
+    return "".join(_LETTERS[v - 1] for v in vars_)
+
+
+def expand_to(x: torch.Tensor, scope: tuple[int, ...], target: tuple[int, ...], trailing: int = 0) -> torch.Tensor:
+    """View ``x`` (dims ``[..., n_scope..., trailing...]``) with singleton dims for ``target``'s other vars.
+
+    Both scopes are sorted; the result broadcasts against tensors laid out over ``target``.
+    """
+    nb = x.dim() - len(scope) - trailing
+    shape = list(x.shape[:nb])
+    it = iter(x.shape[nb : nb + len(scope)])
+    for v in target:
+        shape.append(next(it) if v in scope else 1)
+    shape += list(x.shape[x.dim() - trailing :]) if trailing else []
+    return x.reshape(shape)
+
+
+def safe_log(x: torch.Tensor) -> torch.Tensor:
+    """log that maps 0 to -inf without a NaN gradient path (inputs are non-negative and detached)."""
+    return torch.where(x > 0, x, torch.ones_like(x)).log().masked_fill(x <= 0, NEG_INF)

@@ -1,0 +1,241 @@
+"""Validate and normalise the tensors of one call into a :class:`Problem`.
+
+Every error names the argument and says what was expected (DESIGN §4): wrong arity, mismatched
+head or batch dims, wrong mask shapes, non-float inputs, mixed devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PolyAttentionError
+from ..planning import ProblemSpec, normalize_causal
+from ..polynomial import AttentionPolynomial, parse
+
+__all__ = ["Problem", "prepare", "compute_dtype_for"]
+
+
+def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 accumulate in float32; float32 and float64 stay as they are."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+@dataclass
+class Problem:
+    """Normalised inputs. ``q[j]``/``v[j]`` are indexed by variable (``q[1]`` is x1; ``q[0]`` unused)."""
+
+    spec: ProblemSpec
+    q: list[torch.Tensor | None]
+    v: list[torch.Tensor | None]
+    masks: dict[tuple[int, int], torch.Tensor]  # canonical (a<b) -> bool [..., n_a, n_b]
+    causal: frozenset[tuple[int, int]]  # (parent, child): l_child <= l_parent
+    scale: float
+    batch_shape: torch.Size
+    out_dtype: torch.dtype
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def t(self) -> int:
+        return self.spec.num_variables
+
+    def n(self, var: int) -> int:
+        return self.spec.seq_lens[var - 1]
+
+    @property
+    def dv(self) -> int:
+        return self.spec.value_dim
+
+    def causal_mask(self, a: int, b: int) -> torch.Tensor | None:
+        """Boolean [n_a, n_b] for the causal constraint between a and b (None when there is none)."""
+        if (a, b) in self.causal:  # l_b <= l_a
+            return torch.ones(self.n(a), self.n(b), dtype=torch.bool, device=self.device).tril()
+        if (b, a) in self.causal:  # l_a <= l_b
+            return torch.ones(self.n(a), self.n(b), dtype=torch.bool, device=self.device).triu()
+        return None
+
+    def pair_mask(self, a: int, b: int) -> torch.Tensor | None:
+        """All boolean constraints on the pair (a, b) as one mask [..., n_a, n_b], or None."""
+        key = (min(a, b), max(a, b))
+        m = self.masks.get(key)
+        if m is not None and a > b:
+            m = m.transpose(-1, -2)
+        c = self.causal_mask(a, b)
+        if c is None:
+            return m
+        return c if m is None else (m & c)
+
+    def constrained_pairs(self) -> set[tuple[int, int]]:
+        out = set(self.masks)
+        out |= {(min(a, b), max(a, b)) for a, b in self.causal}
+        return out
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "[" + ", ".join(map(str, x.shape)) + "]"
+
+
+def prepare(
+    polynomial: str | AttentionPolynomial,
+    queries: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor | None] | None,
+    *,
+    scale: float | None = None,
+    causal: object = False,
+    mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+) -> Problem:
+    p = parse(polynomial)
+    t = p.num_variables
+    if isinstance(queries, torch.Tensor) or not isinstance(queries, Sequence):
+        raise PolyAttentionError(
+            f"queries: expected a list of {t} tensors [..., n_j, d] (one per variable x1..x{t} of {p}), "
+            f"got {type(queries).__name__}"
+        )
+    if len(queries) != t:
+        raise PolyAttentionError(
+            f"queries: expected {t} tensors (one per variable x1..x{t} of {p}), got {len(queries)}"
+        )
+    if values is None:
+        values = [None] * (t - 1)
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise PolyAttentionError(
+            f"values: expected a list of {t - 1} entries (x2..x{t}), each a tensor [..., n_j, dv] or None"
+        )
+    if len(values) != t - 1:
+        raise PolyAttentionError(
+            f"values: expected {t - 1} entries (one for each of x2..x{t}; x1 has no value), got {len(values)}"
+        )
+    for j, q in enumerate(queries, 1):
+        if not isinstance(q, torch.Tensor):
+            raise PolyAttentionError(f"queries[{j - 1}] (x{j}): expected a tensor, got {type(q).__name__}")
+        if q.dim() < 2:
+            raise PolyAttentionError(
+                f"queries[{j - 1}] (x{j}): expected shape [..., n, d] with at least 2 dims, got {_shape(q)}"
+            )
+        if not q.is_floating_point():
+            raise PolyAttentionError(f"queries[{j - 1}] (x{j}): expected a floating tensor, got {q.dtype}")
+        if q.shape[-2] < 1 or q.shape[-1] < 1:
+            raise PolyAttentionError(f"queries[{j - 1}] (x{j}): empty sequence or head dim, shape {_shape(q)}")
+    d = queries[0].shape[-1]
+    for j, q in enumerate(queries, 1):
+        if q.shape[-1] != d:
+            raise PolyAttentionError(
+                f"queries[{j - 1}] (x{j}): head dim {q.shape[-1]} does not match queries[0]'s {d}; "
+                "every variable's projection must have the same head dim d"
+            )
+    device = queries[0].device
+    dv: int | None = None
+    for j, v in enumerate(values, 2):
+        if v is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise PolyAttentionError(f"values[{j - 2}] (x{j}): expected a tensor or None, got {type(v).__name__}")
+        if v.dim() < 2 or not v.is_floating_point():
+            raise PolyAttentionError(
+                f"values[{j - 2}] (x{j}): expected a floating tensor [..., n, dv], got {v.dtype} {_shape(v)}"
+            )
+        if v.shape[-2] != queries[j - 1].shape[-2]:
+            raise PolyAttentionError(
+                f"values[{j - 2}] (x{j}): has {v.shape[-2]} rows but queries[{j - 1}] has "
+                f"n={queries[j - 1].shape[-2]}; a variable's value and query must cover the same tokens"
+            )
+        if dv is None:
+            dv = v.shape[-1]
+        elif v.shape[-1] != dv:
+            raise PolyAttentionError(
+                f"values[{j - 2}] (x{j}): value dim {v.shape[-1]} differs from the other values' {dv}"
+            )
+    tensors = [q for q in queries] + [v for v in values if v is not None]
+    for x in tensors:
+        if x.device != device:
+            raise PolyAttentionError(
+                f"all queries and values must be on one device; found {device} and {x.device}"
+            )
+    out_dtype = queries[0].dtype
+    for x in tensors[1:]:
+        out_dtype = torch.promote_types(out_dtype, x.dtype)
+    dtype = compute_dtype_for(out_dtype)
+
+    # Batch (leading) dims broadcast like SDPA.
+    shapes = [tuple(x.shape[:-2]) for x in tensors]
+    masks: dict[tuple[int, int], torch.Tensor] = {}
+    if mask is not None:
+        if not isinstance(mask, Mapping):
+            raise PolyAttentionError(
+                "mask: expected a dict {(a, b): bool tensor [..., n_a, n_b]} with 1-based variables"
+            )
+        for key, m in mask.items():
+            if (
+                not isinstance(key, tuple) or len(key) != 2
+                or not all(isinstance(k, int) and not isinstance(k, bool) for k in key)
+                or key[0] == key[1] or not (1 <= key[0] <= t and 1 <= key[1] <= t)
+            ):
+                raise PolyAttentionError(
+                    f"mask key {key!r}: expected a pair (a, b) of distinct 1-based variables in 1..{t}"
+                )
+            a, b = key
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                raise PolyAttentionError(
+                    f"mask[{key}]: expected a bool tensor (True = the pair may attend), got "
+                    f"{getattr(m, 'dtype', type(m).__name__)}"
+                )
+            na, nb = queries[a - 1].shape[-2], queries[b - 1].shape[-2]
+            if m.dim() < 2 or tuple(m.shape[-2:]) != (na, nb):
+                raise PolyAttentionError(
+                    f"mask[{key}]: expected shape [..., {na}, {nb}] (n_x{a}, n_x{b}), got {_shape(m)}"
+                )
+            if m.device != device:
+                raise PolyAttentionError(f"mask[{key}] is on {m.device}, inputs are on {device}")
+            shapes.append(tuple(m.shape[:-2]))
+            if a > b:
+                a, b, m = b, a, m.transpose(-1, -2)
+            masks[(a, b)] = masks[(a, b)] & m if (a, b) in masks else m
+    try:
+        batch_shape = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        desc = ", ".join(f"{list(s)}" for s in shapes)
+        raise PolyAttentionError(
+            f"batch dims of queries/values/masks do not broadcast: leading shapes {desc}"
+        ) from None
+
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise PolyAttentionError(f"scale: expected a finite float or None (1/sqrt(d)), got {scale!r}")
+    causal_mode = normalize_causal(causal)
+    batch = 1
+    for s in batch_shape:
+        batch *= s
+    spec = ProblemSpec.build(
+        p,
+        seq_len=tuple(q.shape[-2] for q in queries),
+        head_dim=d,
+        value_dim=dv if dv is not None else 1,
+        batch=batch,
+        causal=causal_mode,
+        mask_pairs=tuple(masks),
+        has_values=tuple(v is not None for v in values),
+        itemsize=torch.empty((), dtype=dtype).element_size(),
+    )
+    q_list: list[torch.Tensor | None] = [None] + [q.to(dtype) for q in queries]
+    v_list: list[torch.Tensor | None] = [None, None] + [
+        (v.to(dtype) if v is not None else None) for v in values
+    ]
+    return Problem(
+        spec=spec,
+        q=q_list,
+        v=v_list,
+        masks=masks,
+        causal=spec.causal_pairs(),
+        scale=float(scale),
+        batch_shape=batch_shape,
+        out_dtype=out_dtype,
+        dtype=dtype,
+        device=device,
+    )
