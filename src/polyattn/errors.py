@@ -20,12 +20,12 @@ class PolyAttentionError(ValueError):
 class PolynomialSyntaxError(PolyAttentionError):
     """A polynomial spec could not be parsed. The message shows the spec with a caret under the column."""
 
-    def __init__(self, message: str, spec: str = "", column: int = 0, width: int = 1) -> None:
+    def __init__(self, message: str, spec: str | None = None, column: int = 0, width: int = 1) -> None:
         self.spec = spec
         self.column = column
         self.width = max(1, width)
         self.reason = message
-        if spec or column:
+        if spec is not None:
             message = f"{message}\n  {spec}\n  {' ' * column}{'^' * self.width}"
         super().__init__(message)
 

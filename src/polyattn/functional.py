@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .ops import prepare, run
 from .planning import DEFAULT_MEMORY_BUDGET, Plan
 from .planning.strategy import _cached
 from .polynomial import AttentionPolynomial
-from .ops import prepare, run
 
 __all__ = ["poly_attention", "plan_for"]
 

@@ -88,6 +88,7 @@ class Plan:
     parents: tuple[tuple[int, int], ...] = ()  # tree plans: (child, parent)
     requested: str = "auto"
     notes: tuple[str, ...] = field(default=())
+    blas: bool = False  # the dominant steps are BLAS contractions (n^exponent * d multiply-adds)
 
     @property
     def polynomial(self):  # noqa: ANN201 - AttentionPolynomial
@@ -96,7 +97,7 @@ class Plan:
     @property
     def complexity(self) -> str:
         """Asymptotic time in ``n`` (equal lengths), e.g. ``"n^2"``; BLAS plans note the ``d`` factor."""
-        return f"n^{self.exponent}"
+        return f"n^{self.exponent}" + (" * d (BLAS)" if self.blas else "")
 
     def parent_map(self) -> dict[int, int]:
         return dict(self.parents)
@@ -116,6 +117,7 @@ class Plan:
             "mask_pairs": sorted(list(p) for p in s.mask_pairs),
             "exponent": self.exponent,
             "complexity": self.complexity,
+            "blas": self.blas,
             "flops": self.flops,
             "peak_bytes": self.peak_bytes,
             "order": list(self.order),

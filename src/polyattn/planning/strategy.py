@@ -140,7 +140,6 @@ def _elimination_steps(spec: ProblemSpec) -> tuple[tuple[int, ...], int, list[tu
     logit_scopes = [tuple(e) for e in edges]
     messages: list[tuple[int, ...]] = []
     out = []
-    query_dep_msgs: set[tuple[int, ...]] = set()
     for v in order:
         fs = [s for s in logit_scopes if v in s]
         ms = [s for s in messages if v in s]
@@ -154,12 +153,10 @@ def _elimination_steps(spec: ProblemSpec) -> tuple[tuple[int, ...], int, list[tu
         new = tuple(x for x in scope if x != v)
         if new:
             messages.append(new)
-        _ = query_dep_msgs
     return tuple(order), width, out
 
 
 def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
-    t = spec.num_variables
     order, width, raw = _elimination_steps(spec)
     C = _value_channels(spec)
     b, isz = spec.batch, spec.itemsize
@@ -171,7 +168,7 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
         rest = _size(spec, tuple(x for x in scope if x != v)) * frac
         flops = 2.0 * full * C * b  # every channel passes through the join once
         if factored:
-            mem = (3 * rest * cc + 2 * full / spec.seq_lens[v - 1] * spec.seq_lens[v - 1] ** 0) * b * isz
+            # exp-factors are inputs; the contraction writes (and einsum may stage) rest x cc.
             mem = (3 * rest * cc) * b * isz
         else:
             mem = (3 * full + 2 * rest * cc + full * min(cc, 2)) * b * isz
@@ -190,21 +187,27 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
     def peak(rows: int, cc: int) -> float:
         return factor_mem(rows) + max([step_cost(s, v, f, d, rows, cc)[1] for v, s, f, d in raw] + [0.0])
 
-    while peak(rows, cc) > budget and (rows > 1 or cc > 1):
-        if rows > 16 or cc <= 8:
-            if rows == 1:
-                cc = max(1, cc // 2)
-            else:
-                rows = max(1, rows // 2)
+    # Halve the query-row chunk first (cheap: rows are independent); halve the value-column chunk
+    # (which repeats the whole elimination per chunk) only when that still helps by >= 10%.
+    notes_budget = False
+    while peak(rows, cc) > budget:
+        cur = peak(rows, cc)
+        if rows > 1 and peak(rows // 2, cc) <= 0.9 * cur:
+            rows //= 2
+        elif cc > 1 and peak(rows, cc // 2) <= 0.9 * cur:
+            cc //= 2
+        elif rows > 1:
+            rows //= 2
         else:
-            cc = max(1, cc // 2)
+            notes_budget = True
+            break
     # Channel chunks each carry the ones channel, so cc counts value columns only.
     cc = max(1, min(cc, spec.value_dim))
     steps = []
     flops = _factor_flops(spec)
     n_chunks = math.ceil((spec.value_dim) / cc)
     for v, s, f, d in raw:
-        fl, mem = step_cost(s, v, f, d, n1, cc)
+        fl, _ = step_cost(s, v, f, d, n1, cc)
         fl *= (cc + 1) * n_chunks / C
         steps.append(Step("factored" if f else "dense", v, s, fl, step_cost(s, v, f, d, rows, cc)[1],
                           depends_on_query=d))
@@ -212,6 +215,8 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
     exponent = max([len(s) for _, s, _, _ in raw] + [len(m) for m in spec.factor_edges()] + [1])
     notes = []
     p = spec.polynomial
+    if notes_budget:
+        notes.append("the smallest chunks still exceed memory_budget; raise it or shrink the problem")
     if p.is_tree and exponent > 2:
         notes.append(
             f"{p} is a tree polynomial, but causal={spec.causal!r} / the masks add pairs that close "
@@ -222,11 +227,13 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
         notes.append("factored steps are BLAS contractions (n^|scope| * dv multiply-adds)")
     reason = (
         f"the factor graph is not a forest ({'degree ' + str(p.degree) if p.degree > 2 else 'it has a cycle'}): "
-        f"numerically stable variable elimination along {', '.join('x%d' % v for v in order) or 'nothing'} "
+        f"numerically stable variable elimination along {', '.join(f'x{v}' for v in order) or 'nothing'} "
         f"(width {width}, cost n^{exponent})"
     )
+    blas = any(f and len(s) == exponent for _, s, f, _ in raw)
     return Plan(spec, "elimination", reason, tuple(steps), flops, peak(rows, cc), exponent,
-                order=order, width=width, row_chunk=rows, channel_chunk=cc, notes=tuple(notes))
+                order=order, width=width, row_chunk=rows, channel_chunk=cc, notes=tuple(notes),
+                blas=blas)
 
 
 # -------------------------------------------------------------------------------- reference
