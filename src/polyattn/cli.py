@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Poly-attention: analyse, benchmark and train higher-order attention mechanisms.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(n for n, _ in _SUBCOMMANDS) + "}")
-    for name, module in _SUBCOMMANDS:
+    for _name, module in _SUBCOMMANDS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

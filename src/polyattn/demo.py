@@ -43,11 +43,11 @@ def show_mechanisms(n_check: int = 24, n_time: int = 256, d: int = 32, batch: in
         out = poly_attention(poly, [x.float() for x in q64], [x.float() for x in v64])
         err32 = (out.double() - ref).abs().max().item()
         err64 = (poly_attention(poly, q64, v64) - ref).abs().max().item()
-        qt = [torch.randn(batch, n_time, d, generator=g) for _ in range(t)]
-        vt = [torch.randn(batch, n_time, d, generator=g) for _ in range(t - 1)]
+        qt = [torch.randn(1, batch, n_time, d, generator=g) for _ in range(t)]  # [B, H, N, D]
+        vt = [torch.randn(1, batch, n_time, d, generator=g) for _ in range(t - 1)]
         pl = plan_for(poly, qt, vt)
-        sec = _median_time(lambda: poly_attention(poly, qt, vt))
-        sdpa = _median_time(lambda: F.scaled_dot_product_attention(qt[0], qt[1], vt[0]))
+        sec = _median_time(lambda poly=poly, qt=qt, vt=vt: poly_attention(poly, qt, vt))
+        sdpa = _median_time(lambda qt=qt, vt=vt: F.scaled_dot_product_attention(qt[0], qt[1], vt[0]))
         print(f"\n== {name}: {poly}")
         print(pl)
         rows.append(dict(name=name, poly=str(poly), method=pl.method, complexity=pl.complexity,

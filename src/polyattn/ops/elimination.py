@@ -53,13 +53,23 @@ def _threshold(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).tiny) ** 0.5
 
 
-def _build_factors(prob: Problem, rows: slice | None) -> list[_Factor]:
-    """Monomial factors with the masks folded in; pair masks with no monomial become 0/-inf factors."""
+def _build_factors(prob: Problem, rows: slice | None, which: str = "all") -> list[_Factor]:
+    """Monomial factors with the masks folded in; pair masks with no monomial become 0/-inf factors.
+
+    ``which``: ``"all"``, ``"query"`` (only factors containing x1, built on ``rows`` of x1) or
+    ``"free"`` (only factors without x1, built once when query rows are chunked).
+    """
     q = list(prob.q)
     if rows is not None:
         q[1] = q[1][..., rows, :]  # type: ignore[index]
+
+    def wanted(scope: tuple[int, ...]) -> bool:
+        return which == "all" or (which == "query") == (1 in scope)
+
     out: dict[tuple[int, ...], torch.Tensor] = {}
     for mono in prob.spec.polynomial.monomials:
+        if not wanted(mono):
+            continue
         if len(mono) == 2:
             a, b = mono
             g = torch.matmul(q[a], q[b].transpose(-1, -2))  # type: ignore[union-attr]
@@ -68,6 +78,8 @@ def _build_factors(prob: Problem, rows: slice | None) -> list[_Factor]:
             g = torch.einsum(spec, *[q[v] for v in mono])
         out[mono] = g * prob.scale
     for a, b in sorted(prob.constrained_pairs()):
+        if not wanted((a, b)):
+            continue
         m = prob.pair_mask(a, b)
         assert m is not None
         if rows is not None and a == 1:
@@ -249,7 +261,7 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
                 vals[j] = torch.cat([part, ones], dim=-1)
         # Factors and steps that do not involve x1 are computed once for all query rows.
         all_f = _build_factors(prob, None) if rc >= n1 else None
-        free_f = _free_factors(prob) if all_f is None else [f for f in all_f if 1 not in f.scope]
+        free_f = _build_factors(prob, None, "free") if all_f is None else [f for f in all_f if 1 not in f.scope]
         rest_f, pre_msgs = _eliminate(prob, plan, vals, free_f, [], global_steps)
         row_outs = []
         for r0 in range(0, n1, rc):
@@ -257,33 +269,11 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
             if all_f is not None:
                 dep_f = [f for f in all_f if 1 in f.scope]
             else:
-                dep_f = [f for f in _build_factors(prob, rows) if 1 in f.scope]
+                dep_f = _build_factors(prob, rows, "query")
             _, msgs = _eliminate(prob, plan, vals, rest_f + dep_f, list(pre_msgs), query_steps)
             row_outs.append(_finish(prob, msgs, rows.stop - rows.start, has_any_value))
         outs.append(torch.cat(row_outs, dim=-2) if len(row_outs) > 1 else row_outs[0])
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
-
-
-def _free_factors(prob: Problem) -> list[_Factor]:
-    # Building with an empty row slice would waste work on x1 factors; build only the free ones.
-    q = prob.q
-    res: dict[tuple[int, ...], torch.Tensor] = {}
-    for mono in prob.spec.polynomial.monomials:
-        if 1 in mono:
-            continue
-        spec = ",".join(f"...{letters((v,))}z" for v in mono) + f"->...{letters(mono)}"
-        res[mono] = torch.einsum(spec, *[q[v] for v in mono]) * prob.scale
-    for a, b in sorted(prob.constrained_pairs()):
-        if a == 1:
-            continue
-        m = prob.pair_mask(a, b)
-        assert m is not None
-        if (a, b) in res:
-            res[(a, b)] = res[(a, b)].masked_fill(~m, NEG_INF)
-        else:
-            zero = torch.zeros((), dtype=prob.dtype, device=prob.device)
-            res[(a, b)] = torch.where(m, zero, torch.full_like(zero, NEG_INF))
-    return [_Factor(s, f) for s, f in res.items()]
 
 
 def _finish(prob: Problem, msgs: list[_Msg], rows: int, has_any_value: bool) -> torch.Tensor:
