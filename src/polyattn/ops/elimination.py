@@ -72,7 +72,7 @@ def _build_factors(prob: Problem, rows: slice | None, which: str = "all") -> lis
             continue
         if len(mono) == 2:
             a, b = mono
-            g = torch.matmul(q[a], q[b].transpose(-1, -2))  # type: ignore[union-attr]
+            g = torch.matmul(q[a], q[b].transpose(-1, -2))  # type: ignore[union-attr,arg-type]
         else:
             spec = ",".join(f"...{letters((v,))}z" for v in mono) + f"->...{letters(mono)}"
             g = torch.einsum(spec, *[q[v] for v in mono])

@@ -102,7 +102,7 @@ def prepare(
             f"queries: expected {t} tensors (one per variable x1..x{t} of {p}), got {len(queries)}"
         )
     if values is None:
-        values = [None] * (t - 1)
+        values = [None for _ in range(t - 1)]  # type: ignore[misc]
     if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
         raise PolyAttentionError(
             f"values: expected a list of {t - 1} entries (x2..x{t}), each a tensor [..., n_j, dv] or None"
@@ -223,10 +223,10 @@ def prepare(
         has_values=tuple(v is not None for v in values),
         itemsize=torch.empty((), dtype=dtype).element_size(),
     )
-    q_list: list[torch.Tensor | None] = [None] + [q.to(dtype) for q in queries]
-    v_list: list[torch.Tensor | None] = [None, None] + [
-        (v.to(dtype) if v is not None else None) for v in values
-    ]
+    q_list: list[torch.Tensor | None] = [None]
+    q_list += [q.to(dtype) for q in queries]
+    v_list: list[torch.Tensor | None] = [None, None]
+    v_list += [(v.to(dtype) if v is not None else None) for v in values]
     return Problem(
         spec=spec,
         q=q_list,

@@ -21,7 +21,7 @@ def reference_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     t = prob.t
     allv = tuple(range(1, t + 1))
     f64 = torch.float64
-    q = [None] + [x.to(f64) for x in prob.q[1:]]  # type: ignore[union-attr]
+    q: list[torch.Tensor | None] = [None] + [x.to(f64) for x in prob.q[1:] if x is not None]
     logits = torch.zeros((), dtype=f64, device=prob.device)
     for mono in prob.spec.polynomial.monomials:
         spec = ",".join(f"...{letters((v,))}z" for v in mono) + f"->...{letters(mono)}"

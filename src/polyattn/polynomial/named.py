@@ -46,8 +46,8 @@ def star(t: int = 3) -> AttentionPolynomial:
 
 def tree(edges: Iterable[tuple[int, int]]) -> AttentionPolynomial:
     """The tree polynomial with the given edges; raises if they contain a cycle."""
-    edges = [tuple(e) for e in edges]
-    if any(len(e) != 2 for e in edges):
+    edges = list(edges)
+    if any(len(tuple(e)) != 2 for e in edges):
         raise PolyAttentionError("tree() takes pairs (a, b) of variables")
     p = AttentionPolynomial(edges)
     if not is_forest(p.monomials, p.num_variables):

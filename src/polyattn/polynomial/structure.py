@@ -125,7 +125,7 @@ def elimination_order(edges: Iterable[Edge], t: int) -> tuple[tuple[int, ...], i
     tie-break beyond. Among optimal orders, the one that eliminates leaves first is preferred so
     that trees become message passing from the leaves.
     """
-    edges = [tuple(e) for e in edges]
+    edge_list: list[tuple[int, ...]] = [tuple(e) for e in edges]
     rest = list(range(2, t + 1))
     if not rest:
         return (), 0
@@ -133,16 +133,16 @@ def elimination_order(edges: Iterable[Edge], t: int) -> tuple[tuple[int, ...], i
         best: tuple[int, ...] | None = None
         best_key: tuple[int, int] | None = None
         # Greedy first gives a good incumbent; exhaustive search only replaces it if strictly better.
-        greedy = _greedy_order(edges, t, rest)
-        best, best_key = greedy, (order_width(edges, t, greedy), _sum_cost(edges, t, greedy))
+        greedy = _greedy_order(edge_list, t, rest)
+        best, best_key = greedy, (order_width(edge_list, t, greedy), _sum_cost(edge_list, t, greedy))
         if best_key[0] > 1:
             for perm in itertools.permutations(rest):
-                key = (order_width(edges, t, perm), _sum_cost(edges, t, perm))
+                key = (order_width(edge_list, t, perm), _sum_cost(edge_list, t, perm))
                 if key < best_key:
                     best, best_key = perm, key
         return tuple(best), best_key[0]
-    order = _greedy_order(edges, t, rest)
-    return tuple(order), order_width(edges, t, order)
+    order = _greedy_order(edge_list, t, rest)
+    return tuple(order), order_width(edge_list, t, order)
 
 
 def _sum_cost(edges: list[tuple[int, ...]], t: int, order: Sequence[int]) -> int:
