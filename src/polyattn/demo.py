@@ -60,11 +60,18 @@ def show_mechanisms(n_check: int = 24, n_time: int = 256, d: int = 32, batch: in
     return rows
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is absent
+        return False
+
+
 def run_demo(args: argparse.Namespace | None = None) -> int:
     torch.manual_seed(0)
     print("polyattn demo — part 1: the named mechanisms, planned, computed and checked\n")
     show_mechanisms()
-    if importlib.util.find_spec("polyattn.train.demo_job") is not None and not getattr(args, "quick", False):
+    if _has_module("polyattn.train.demo_job") and not getattr(args, "quick", False):
         from .train.demo_job import run_training_demo
 
         print("\npolyattn demo — part 2: what one layer can learn (2-fold function composition)\n")
