@@ -61,3 +61,16 @@ def test_plan_errors():
         polyattn.plan("x1*x2", seq_len=4, head_dim=8, method="nope")
     with pytest.raises(PolyAttentionError, match="mask key"):
         polyattn.plan("x1*x2", seq_len=4, head_dim=8, mask_pairs=[(1, 3)])
+
+
+def test_fused_cubic_kernels_are_shown_in_the_plan():
+    tri = polyattn.plan(strassen(), seq_len=512, head_dim=32)
+    assert tri.fused == "triangle" and "fused triangle kernel" in str(tri)
+    assert "only for rows that could underflow" in str(tri)
+    ten = polyattn.plan(tensor(3), seq_len=256, head_dim=32)
+    assert ten.fused == "tensor3" and "fused x1*x2*x3 kernel" in str(ten)
+    # masks, causality or a budget the fused kernel cannot meet: the generic chunked steps run
+    assert polyattn.plan(strassen(), seq_len=512, head_dim=32, causal="prefix").fused == ""
+    assert polyattn.plan(strassen(), seq_len=512, head_dim=32, mask_pairs=[(1, 2)]).fused == ""
+    small = polyattn.plan(strassen(), seq_len=2048, head_dim=64, batch=4, memory_budget=128 * 2**20)
+    assert small.fused == "" and "exceed memory_budget" in str(small)

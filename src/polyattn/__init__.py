@@ -7,20 +7,31 @@
 torch.Size([2, 16, 8])
 """
 
+import sys as _sys
+
 from .errors import MethodError, PolyAttentionError, PolynomialSyntaxError, ReferenceSizeError
 from .functional import plan_for, poly_attention
+from .nn import PolyAttention, PolyTransformer
 from .planning import Plan, plan
 from .polynomial import AttentionPolynomial, parse
+from .theory import analyze, constructions
 
 __version__ = "0.1.0"
+
+# ``import polyattn.constructions`` resolves to polyattn.theory.constructions (DESIGN §4 name)
+_sys.modules.setdefault(__name__ + ".constructions", constructions)
 
 __all__ = [
     "AttentionPolynomial",
     "MethodError",
     "Plan",
+    "PolyAttention",
+    "PolyTransformer",
     "PolyAttentionError",
     "PolynomialSyntaxError",
     "ReferenceSizeError",
+    "analyze",
+    "constructions",
     "parse",
     "plan",
     "plan_for",

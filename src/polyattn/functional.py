@@ -24,10 +24,17 @@ def plan_for(
     mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
     method: str = "auto",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: object,
 ) -> Plan:
-    """The :class:`Plan` that :func:`poly_attention` would run for these tensors."""
+    """The :class:`Plan` that :func:`poly_attention` would run for these tensors (same ``**options``)."""
     prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
-    return _cached(prob.spec, method, int(memory_budget))
+    pl = _cached(prob.spec, method, int(memory_budget))
+    hook = _OPTION_HOOKS.get(pl.method)
+    if hook is not None:
+        return hook(prob, pl, options)  # type: ignore[operator]
+    if options:
+        raise_unknown_options(pl.method, options)
+    return pl
 
 
 def poly_attention(
@@ -55,11 +62,14 @@ def poly_attention(
         values: ``t - 1`` entries for ``x2..xt``, each ``[..., n_j, dv]`` or ``None`` (all-ones value).
             ``None`` for the whole list makes every variable value-less (then ``dv = 1``).
         scale: logit scale ``s``; default ``1/sqrt(d)`` so that ``x1*x2`` equals SDPA.
-        causal: ``False``, ``"tree"`` (each variable <= its parent in the tree rooted at x1),
+        causal: ``False``, ``"tree"`` (each variable <= its parent in the tree rooted at x1; a
+            component without x1 is rooted at its smallest variable, whose position is <= x1's),
             ``"prefix"`` (every variable <= the query position) or ``True`` (= ``"prefix"``).
         mask: ``{(a, b): bool [..., n_a, n_b]}`` pair masks, 1-based variables, True = allowed.
         method: ``"auto"`` or an exact method (``"sdpa"``, ``"tree"``, ``"elimination"``,
             ``"reference"``); an explicit method that cannot handle the input raises.
+            ``"approx"`` is the polynomial method with an a-priori error bound
+            (``tolerance=``, ``degree=``, ``basis=``, ``max_rank=``; see docs/approximation.md).
 
     Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input
     dtype. A query row with no admissible tuple returns zeros. Returns ``[..., n_1, dv]``.
@@ -67,16 +77,26 @@ def poly_attention(
     prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
     pl = _cached(prob.spec, method, int(memory_budget))
     hook = _OPTION_HOOKS.get(pl.method)
-    if options:
-        if hook is None:
-            raise_unknown_options(pl.method, options)
+    if hook is not None:  # hooks may also refine a data-dependent plan (approx: entry bound B)
         pl = hook(prob, pl, options)  # type: ignore[misc]
+    elif options:
+        raise_unknown_options(pl.method, options)
     out = run(prob, pl)
     return out.to(prob.out_dtype)
 
 
 #: Methods that accept extra keyword options (e.g. ``tolerance=`` for ``"approx"``) register here.
+#: A hook ``(problem, plan, options) -> plan`` is called for every call of its method (options may be empty).
 _OPTION_HOOKS: dict[str, object] = {}
+
+
+def _register_approx_hook() -> None:
+    from .ops.approx import approx_hook
+
+    _OPTION_HOOKS["approx"] = approx_hook
+
+
+_register_approx_hook()
 
 
 def raise_unknown_options(method: str, options: Mapping[str, object]) -> None:

@@ -6,8 +6,16 @@
     lse[i]  = logsumexp_j L[i, j]                      (-inf for a row with nothing admissible)
     out[i]  = softmax_j(L[i]) @ v_c                    (0 for such a row; None when v_c is None)
 
-This module holds the plain, materialising implementation (chunked over parent rows so memory is
-bounded); it is exact and differentiable through both outputs.
+Two implementations, chosen deterministically by device and dtype (:func:`flash_supported`):
+
+* **fused** (CPU, float32/float64, edges with logits): one flash-attention call per edge through
+  :mod:`polyattn.ops.flash`, ``O((n_u + n_c) * (d + dv))`` memory in forward and backward. Causal
+  edges use the kernel's ``is_causal`` (``child<=parent`` directly; ``parent<=child`` by reversing
+  both sequences when ``n_u == n_c``); a pair mask is passed as an additive mask (it is an
+  ``n_u x n_c`` input anyway). Rows with no admissible key are found exactly in ``O(n)`` (or from
+  the mask) and set to ``out = 0, lse = -inf``.
+* **materialised** (other devices/dtypes, zero edges without logits): logits chunked over parent
+  rows so memory stays bounded; exact and differentiable through both outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .common import NEG_INF
+from .flash import BIAS_FLOOR, flash_edge, flash_supported
 
 __all__ = ["edge_attention", "EDGE_ROW_CHUNK_ELEMS"]
 
@@ -35,6 +44,113 @@ def edge_attention(
     *,
     mask: torch.Tensor | None = None,
     causal: str | None = None,
+    scale: float,
+    n_parent: int,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    if q_u is not None and flash_supported(q_c.device, q_c.dtype):
+        return _fused_edge(q_u, q_c, v_c, bias_c, mask=mask, causal=causal, scale=scale)
+    return _materialised_edge(q_u, q_c, v_c, bias_c, mask=mask, causal=causal, scale=scale, n_parent=n_parent)
+
+
+def _flat(x: torch.Tensor, batch: torch.Size, trailing: int) -> torch.Tensor:
+    """``[..., *trailing]`` broadcast to ``batch`` and flattened to ``[B, 1, *trailing]``."""
+    tail = x.shape[x.dim() - trailing :]
+    x = x.expand(*batch, *tail)
+    return x.reshape(-1, 1, *tail)
+
+
+def _fused_edge(
+    q_u: torch.Tensor,
+    q_c: torch.Tensor,
+    v_c: torch.Tensor | None,
+    bias_c: torch.Tensor | None,
+    *,
+    mask: torch.Tensor | None,
+    causal: str | None,
+    scale: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    nu, nc = q_u.shape[-2], q_c.shape[-2]
+    shapes = [q_u.shape[:-2], q_c.shape[:-2]]
+    if v_c is not None:
+        shapes.append(v_c.shape[:-2])
+    if bias_c is not None:
+        shapes.append(bias_c.shape[:-1])
+    if mask is not None:
+        shapes.append(mask.shape[:-2])
+    batch = torch.broadcast_shapes(*shapes)
+    flip = False
+    is_causal = False
+    if causal is not None:
+        if mask is None and causal == "child<=parent":
+            is_causal = True
+        elif mask is None and nu == nc:
+            # j >= i becomes j' <= i' after reversing both sequences.
+            is_causal = flip = True
+        else:
+            cm = _causal_bool(causal, nu, nc, q_c.device)
+            mask = cm if mask is None else (mask & cm)
+    q = _flat(q_u, batch, 2)
+    k = _flat(q_c, batch, 2)
+    v = _flat(v_c, batch, 2) if v_c is not None else None
+    finite = None
+    bias = None
+    if bias_c is not None:
+        finite = torch.isfinite(bias_c.detach())
+        if bool(finite.all()):
+            finite = None  # common case: every child row has mass, so no row can be empty
+            bias = _flat(bias_c, batch, 1)
+        else:
+            bias = _flat(torch.where(finite, bias_c, torch.full_like(bias_c, BIAS_FLOOR)), batch, 1)
+    if flip:
+        q, k = q.flip(-2), k.flip(-2)
+        v = v.flip(-2) if v is not None else None
+        bias = bias.flip(-1) if bias is not None else None
+    add_mask = None
+    if mask is not None:
+        zero = torch.zeros((), dtype=q.dtype, device=q.device)
+        add = torch.where(mask, zero, torch.full_like(zero, NEG_INF))
+        add_mask = add.reshape(nu, nc) if all(s == 1 for s in mask.shape[:-2]) else _flat(add, batch, 2)
+    out, lse = flash_edge(q, k, v, bias, attn_mask=add_mask, is_causal=is_causal, scale=scale)
+    # Rows with no admissible key (all masked, or every admissible key has bias -inf), found exactly.
+    empty = None
+    if mask is not None:
+        allowed = mask if finite is None else (mask & finite.unsqueeze(-2))
+        empty = ~allowed.any(-1)
+    elif finite is not None and is_causal:
+        # kernel frame: row i sees keys j <= i, so it is empty iff no finite bias up to min(i, nc-1)
+        fin_k = _flat(finite, batch, 1)
+        if flip:
+            fin_k = fin_k.flip(-1)
+        prefix = fin_k.to(torch.int32).cummax(-1).values.bool()
+        idx = torch.arange(nu, device=q.device).clamp_(max=nc - 1)
+        empty = ~prefix.index_select(-1, idx)
+        if flip:
+            empty = empty.flip(-1)
+        empty = empty.reshape(*batch, nu)
+    elif finite is not None:
+        empty = ~finite.any(-1, keepdim=True)
+    if flip:
+        out = out.flip(-2) if out is not None else None
+        lse = lse.flip(-1)
+    lse = lse.reshape(*batch, nu)
+    if out is not None:
+        out = out.reshape(*batch, nu, out.shape[-1])
+    if empty is not None:
+        empty = empty.expand(*batch, nu)
+        lse = torch.where(empty, torch.full_like(lse, NEG_INF), lse)
+        if out is not None:
+            out = torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)
+    return out, lse
+
+
+def _materialised_edge(
+    q_u: torch.Tensor | None,
+    q_c: torch.Tensor,
+    v_c: torch.Tensor | None,
+    bias_c: torch.Tensor | None,
+    *,
+    mask: torch.Tensor | None,
+    causal: str | None,
     scale: float,
     n_parent: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -30,6 +30,7 @@ import torch
 
 from ..planning import Plan
 from .common import NEG_INF, expand_to, letters
+from .cubic import fast_cubic
 from .inputs import Problem
 
 __all__ = ["elimination_attention"]
@@ -232,7 +233,7 @@ def _eliminate(
         factors = [f for f in factors if v not in f.scope]
         msgs = [m for m in msgs if v not in m.scope]
         scope = tuple(sorted({v}.union(*[f.scope for f in fs], *[m.scope for m in ms])))
-        if st.kind == "factored" and len(fs) + len(ms) >= 2 and len(scope) > 1:
+        if st.kind.endswith("factored") and len(fs) + len(ms) >= 2 and len(scope) > 1:
             new = _factored_step(v, scope, fs, ms, values[v])
         else:
             new = _dense_step(v, scope, fs, ms, values[v], like=problem.q[1], n_v=problem.n(v))
@@ -241,14 +242,20 @@ def _eliminate(
 
 
 def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
+    if plan.fused:  # fused BLAS kernels for the plain triangle and x1*x2*x3 (ops/cubic.py)
+        fast = fast_cubic(prob, plan)
+        if fast is not None:
+            return fast
+        # None: a triangle row's normaliser could have underflowed; the generic steps are exact.
     t = prob.t
     dv = prob.dv
     has_any_value = any(prob.v[j] is not None for j in range(2, t + 1))
     cc = max(1, min(plan.channel_chunk or dv, dv))
     n1 = prob.n(1)
     rc = max(1, min(plan.row_chunk or n1, n1))
-    global_steps = [s for s in plan.steps if not s.depends_on_query]
-    query_steps = [s for s in plan.steps if s.depends_on_query]
+    generic = [s for s in plan.steps if not s.kind.startswith("fused")]
+    global_steps = [s for s in generic if not s.depends_on_query]
+    query_steps = [s for s in generic if s.depends_on_query]
     col_chunks = range(0, dv, cc) if has_any_value else [0]
     outs = []
     for c0 in col_chunks:

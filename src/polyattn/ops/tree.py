@@ -63,5 +63,7 @@ def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         base = torch.ones((), dtype=prob.dtype, device=prob.device)
         m1 = base.expand(*prob.batch_shape, n1, prob.dv)
     if lz is not None:
-        m1 = torch.where(torch.isfinite(lz).unsqueeze(-1), m1, torch.zeros_like(m1))
+        ok = torch.isfinite(lz)
+        if not bool(ok.all()):  # skip a full pass over the output in the common all-finite case
+            m1 = torch.where(ok.unsqueeze(-1), m1, torch.zeros_like(m1))
     return m1.expand(*prob.batch_shape, n1, m1.shape[-1])

@@ -63,6 +63,16 @@ class Step:
                 f"eliminate x{self.var}: BLAS contraction over {_vars(self.scope)} "
                 f"(separable log-shifts, underflow re-checked exactly), {where}"
             )
+        if self.kind == "fused-triangle":
+            return ("fused triangle kernel: separable log-shifts, one [n,n] @ [n, Z*n] GEMM per chunk of "
+                    "value columns, O(n^2) memory per head")
+        if self.kind == "fused-tensor3":
+            return ("fused x1*x2*x3 kernel: per query-row chunk, logits GEMM, exact row max, exp, "
+                    "V3 GEMM, V2 mat-vec")
+        if self.kind.startswith("fallback-"):
+            inner = Step(self.kind.removeprefix("fallback-"), self.var, self.scope, 0.0, 0.0,
+                         depends_on_query=self.depends_on_query).describe()
+            return f"(only for rows that could underflow) {inner}"
         if self.kind == "sdpa":
             return "one scaled_dot_product_attention call"
         if self.kind == "reference":
@@ -89,6 +99,7 @@ class Plan:
     requested: str = "auto"
     notes: tuple[str, ...] = field(default=())
     blas: bool = False  # the dominant steps are BLAS contractions (n^exponent * d multiply-adds)
+    fused: str = ""  # "triangle" / "tensor3" when a fused cubic kernel runs (ops/cubic.py)
 
     @property
     def polynomial(self):  # noqa: ANN201 - AttentionPolynomial
@@ -118,6 +129,7 @@ class Plan:
             "exponent": self.exponent,
             "complexity": self.complexity,
             "blas": self.blas,
+            "fused": self.fused,
             "flops": self.flops,
             "peak_bytes": self.peak_bytes,
             "order": list(self.order),
@@ -154,7 +166,8 @@ class Plan:
             )
         lines.append("  steps      :")
         for i, st in enumerate(self.steps, 1):
-            lines.append(f"    {i}. {st.describe()}  [{_fmt_flops(st.flops)}, {_fmt_bytes(st.bytes)}]")
+            cost = "" if st.kind.startswith("fallback-") else f"  [{_fmt_flops(st.flops)}, {_fmt_bytes(st.bytes)}]"
+            lines.append(f"    {i}. {st.describe()}{cost}")
         for note in self.notes:
             lines.append(f"  note       : {note}")
         return "\n".join(lines)

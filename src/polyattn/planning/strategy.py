@@ -35,6 +35,11 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: The reference refuses to enumerate more than this many (batch x tuple) entries.
 REFERENCE_MAX_TUPLES = 2**24
+#: Working-set bound of one chunk of the fused cubic kernels (ops/cubic.py), bytes.
+FUSED_CHUNK_BYTES = 64 * 2**20
+
+_TRIANGLE = ((1, 2), (1, 3), (2, 3))
+_TENSOR3 = ((1, 2, 3),)
 
 Planner = Callable[[ProblemSpec, int], Plan]
 _PLANNERS: dict[str, Planner] = {}
@@ -231,9 +236,63 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
         f"(width {width}, cost n^{exponent})"
     )
     blas = any(f and len(s) == exponent for _, s, f, _ in raw)
+    fused = _fused_kernel(spec)
+    if fused and _fused_steps(spec, fused)[2] > budget:
+        notes.append(f"the fused {fused} kernel would exceed memory_budget; running the chunked generic steps")
+        fused = ""
+    if fused:
+        steps, fl, mem = _fused_steps(spec, fused)
+        flops = _factor_flops(spec) + fl
+        if fused == "triangle":
+            notes.insert(0, "a fused BLAS kernel runs this polynomial; if any row's normaliser could have "
+                         "underflowed, the exact generic steps (marked) recompute the call")
+        else:
+            notes = ["a fused kernel runs this polynomial (exact per-row log-shift, BLAS contractions)"]
+            rows, cc = _fused_rows(spec), spec.value_dim
+        return Plan(spec, "elimination", reason, tuple(steps), flops, mem, exponent,
+                    order=order, width=width, row_chunk=rows, channel_chunk=cc, notes=tuple(notes),
+                    blas=blas or fused == "triangle", fused=fused)
     return Plan(spec, "elimination", reason, tuple(steps), flops, peak(rows, cc), exponent,
                 order=order, width=width, row_chunk=rows, channel_chunk=cc, notes=tuple(notes),
                 blas=blas)
+
+
+def _fused_kernel(spec: ProblemSpec) -> str:
+    """``"triangle"`` / ``"tensor3"`` when the fused cubic kernels apply (no masks, no causality)."""
+    if spec.num_variables != 3 or spec.mask_pairs or spec.causal:
+        return ""
+    monos = spec.polynomial.monomials
+    return "triangle" if monos == _TRIANGLE else "tensor3" if monos == _TENSOR3 else ""
+
+
+def _fused_steps(spec: ProblemSpec, kind: str) -> tuple[list[Step], float, float]:
+    n1, n2, n3 = spec.seq_lens
+    C = _value_channels(spec)
+    b, isz, d = spec.batch, spec.itemsize, spec.head_dim
+    if kind == "triangle":
+        flops = 2.0 * n1 * n2 * n3 * C * b
+        mem = (n1 * n2 + n1 * n3 + n2 * n3) * b * isz + min(FUSED_CHUNK_BYTES, 2 * (n1 + n2) * n3 * C * b * isz)
+        step = Step("fused-triangle", 3, (1, 2, 3), flops, mem)
+        # The generic elimination is the exact fallback: show it after the fused step.
+        generic = [st for st in _plan_elimination_generic_steps(spec)]
+        return [step, *generic], flops, mem
+    flops = 2.0 * n1 * n2 * n3 * (d + C) * b
+    per_row = b * n2 * (n3 + C + d) * isz
+    mem = _fused_rows(spec) * per_row * 2
+    return [Step("fused-tensor3", 3, (1, 2, 3), flops, mem)], flops, mem
+
+
+def _fused_rows(spec: ProblemSpec) -> int:
+    """Query rows per chunk of the fused x1*x2*x3 kernel (same rule as ops/cubic.py)."""
+    n1, n2, n3 = spec.seq_lens
+    per_row = spec.batch * n2 * (n3 + _value_channels(spec) + spec.head_dim) * spec.itemsize
+    return max(1, min(n1, FUSED_CHUNK_BYTES // max(1, per_row)))
+
+
+def _plan_elimination_generic_steps(spec: ProblemSpec) -> list[Step]:
+    _, _, raw = _elimination_steps(spec)
+    return [Step("fallback-" + ("factored" if f else "dense"), v, s, 0.0, 0.0, depends_on_query=d)
+            for v, s, f, d in raw]
 
 
 # -------------------------------------------------------------------------------- reference

@@ -1,0 +1,62 @@
+"""Log-log plots of benchmark results with fitted time exponents in the legend (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .measure import fit_exponent
+
+__all__ = ["plot_kernels"]
+
+_STYLE = {"polyattn": "-", "sdpa": ":", "reference": "--", "einsum": "--", "matmul": ":"}
+
+
+def plot_kernels(doc: dict, path: str) -> None:
+    """One panel per mode: time vs n for every (mechanism, implementation) with >= 2 points.
+
+    Written atomically (temp file + ``os.replace``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in doc["records"] if r.get("status") == "ok"]
+    modes = sorted({r["mode"] for r in ok}, reverse=True) or ["fwd"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        series: dict[tuple, list[tuple[int, float]]] = {}
+        for r in ok:
+            if r["mode"] == mode:
+                key = (r.get("sweep", ""), r["mechanism"], r["impl"], r["d"], r["batch_heads"])
+                series.setdefault(key, []).append((r["n"], r["time_s"]))
+        for (sweep, mech, impl, d, _bh), pts in sorted(series.items()):
+            pts.sort()
+            if len(pts) < 2:
+                continue
+            ns, ts = zip(*pts)
+            e = fit_exponent(ns, ts)
+            label = f"[{sweep}] {mech} {impl} d={d}" + (f" (n^{e:.2f})" if e is not None else "")
+            ax.loglog(ns, ts, _STYLE.get(impl, "-."), marker="o", markersize=3, label=label)
+        ax.set_xlabel("n (sequence length)")
+        ax.set_ylabel("median time per call [s]")
+        ax.set_title(f"{mode}: time vs n (fitted exponents in legend)")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "one n per series: nothing to fit", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

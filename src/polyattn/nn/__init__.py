@@ -1,0 +1,6 @@
+"""Layers and models built on :func:`polyattn.poly_attention`."""
+
+from .attention import PolyAttention
+from .transformer import PolyBlock, PolyTransformer
+
+__all__ = ["PolyAttention", "PolyBlock", "PolyTransformer"]

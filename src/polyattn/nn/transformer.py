@@ -1,0 +1,161 @@
+r"""``PolyTransformer``: a small pre-norm transformer whose attention is any polynomial.
+
+Architecture (``L`` blocks, width ``dim``)::
+
+    h_0 = sum_c E_c[tokens[..., c]]  (+ P[position] when max_len is set)
+    h_l = h_{l-1} + PolyAttention_l(LN(h_{l-1}))
+    h_l = h_l + MLP_l(LN(h_l))                     (MLP: dim -> mlp_ratio*dim -> dim, GELU)
+    logits = W LN(h_L)[:, -1]      (readout="last":  [B, classes])
+             W LN(h_L)             (readout="all":   [B, N, classes])
+
+Tokens may carry several integer feature channels (``[B, N, C]``, channel ``c`` with its own
+vocabulary size), e.g. (value, index, table id) in function composition; their embeddings are
+summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for projections/MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PolyAttentionError
+from ..polynomial import AttentionPolynomial
+from .attention import PolyAttention
+
+__all__ = ["PolyTransformer", "PolyBlock"]
+
+
+class PolyBlock(nn.Module):
+    """One pre-norm block: ``x + attn(LN x)`` then ``x + MLP(LN x)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        polynomial: str | AttentionPolynomial,
+        *,
+        heads: int,
+        dim_head: int | None,
+        mlp_ratio: float,
+        causal: bool | str,
+        dropout: float,
+        method: str,
+        valueless: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = PolyAttention(
+            dim, polynomial, heads=heads, dim_head=dim_head, causal=causal, dropout=dropout, method=method,
+            valueless=valueless,
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = max(1, int(round(dim * mlp_ratio)))
+        self.mlp = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
+            if mlp_ratio > 0
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class PolyTransformer(nn.Module):
+    """Embeddings, ``depth`` pre-norm poly-attention blocks, a classification head.
+
+    Args:
+        vocab_sizes: vocabulary size, or one per token feature channel.
+        num_classes: output classes.
+        dim: model width.
+        depth: number of blocks.
+        polynomial: attention polynomial of every block, or a sequence with one per block.
+        heads, dim_head: attention heads and per-head width (default ``dim // heads``).
+        mlp_ratio: MLP hidden width as a multiple of ``dim`` (0 disables the MLP).
+        max_len: if given, adds a learned position embedding for sequences up to this length.
+        readout: ``"last"`` (logits of the last position, ``[B, classes]``) or ``"all"``
+            (per-position logits, ``[B, N, classes]``).
+        causal, dropout, method, valueless: passed to every :class:`PolyAttention`.
+    """
+
+    def __init__(
+        self,
+        vocab_sizes: int | Sequence[int],
+        num_classes: int,
+        *,
+        dim: int = 64,
+        depth: int = 1,
+        polynomial: str | AttentionPolynomial | Sequence[str | AttentionPolynomial] = "x1*x2",
+        heads: int = 1,
+        dim_head: int | None = None,
+        mlp_ratio: float = 4.0,
+        max_len: int | None = None,
+        readout: str = "last",
+        causal: bool | str = False,
+        dropout: float = 0.0,
+        method: str = "auto",
+        valueless: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        if readout not in ("last", "all"):
+            raise PolyAttentionError(f"readout must be 'last' or 'all', got {readout!r}")
+        if depth < 1:
+            raise PolyAttentionError(f"depth must be >= 1, got {depth}")
+        vocab = [vocab_sizes] if isinstance(vocab_sizes, int) else list(vocab_sizes)
+        if not vocab or any(int(v) < 1 for v in vocab):
+            raise PolyAttentionError(f"vocab_sizes must be positive integers, got {vocab_sizes!r}")
+        if isinstance(polynomial, (str, AttentionPolynomial)):
+            polys = [polynomial] * depth
+        else:
+            polys = list(polynomial)
+            if len(polys) != depth:
+                raise PolyAttentionError(
+                    f"got {len(polys)} polynomials for depth={depth}; pass one, or one per block"
+                )
+        self.vocab_sizes = tuple(int(v) for v in vocab)
+        self.readout = readout
+        self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
+        self.pos = nn.Embedding(max_len, dim) if max_len else None
+        self.blocks = nn.ModuleList(
+            PolyBlock(
+                dim,
+                p,
+                heads=heads,
+                dim_head=dim_head,
+                mlp_ratio=mlp_ratio,
+                causal=causal,
+                dropout=dropout,
+                method=method,
+                valueless=valueless,
+            )
+            for p in polys
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``)."""
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(-1)
+        if tokens.dim() != 3 or tokens.shape[-1] != len(self.embeds):
+            raise PolyAttentionError(
+                f"tokens must be [batch, seq] or [batch, seq, {len(self.embeds)}] integers, "
+                f"got shape {tuple(tokens.shape)}"
+            )
+        h = self.embeds[0](tokens[..., 0])
+        for c in range(1, len(self.embeds)):
+            h = h + self.embeds[c](tokens[..., c])
+        if self.pos is not None:
+            n = tokens.shape[1]
+            if n > self.pos.num_embeddings:
+                raise PolyAttentionError(f"sequence length {n} exceeds max_len={self.pos.num_embeddings}")
+            h = h + self.pos.weight[:n]
+        for blk in self.blocks:
+            h = blk(h)
+        h = self.norm(h)
+        if self.readout == "last":
+            h = h[:, -1]
+        return self.head(h)

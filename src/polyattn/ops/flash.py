@@ -1,0 +1,150 @@
+"""Fused (flash) attention with a per-key bias and a differentiable log-sum-exp.
+
+One tree edge is ``out = softmax(s * Q K^T + b) V`` together with ``lse = logsumexp_rows(...)``,
+where ``b`` (the child's subtree log-mass) is a *per-key* bias. ATen's CPU flash-attention op
+returns ``(out, lse)`` with ``O(n * d)`` memory, but it takes no key bias and needs Q, K and V of
+one head size. Both are solved by augmenting the head dimension by one column::
+
+    q' = [s * q, 1, 0...]    k' = [k, b, 0...]    v' = [v, 0...]     (op scale = 1)
+    q'_i . k'_j = s * q_i . k_j + b_j
+
+so the op's logits are exactly the biased logits and its ``lse`` is the edge's log-mass.
+
+Backward. With ``P = softmax(S)``, ``dP = dO V^T`` and ``D_i = sum_c dO_ic O_ic`` the kernel
+computes ``dS = P * (dP - D)``. A gradient ``g`` on ``lse`` adds ``P_ij g_i`` to ``dS_ij``
+(``d lse_i / d S_ij = P_ij``), i.e. ``dS = P * (dP - (D - g))``. The fold: give the backward op
+an ``out`` whose spare (zero-value) column holds ``-g`` and a ``dO`` whose spare column holds 1;
+then its row sum is ``D - g`` while ``dP`` is unchanged (that column of ``V`` is 0). From
+``dq', dk', dv'``: ``dq = s * dq'[:d]``, ``dk = dk'[:d]``, ``db = dk'[d]`` (the bias column of
+``q'`` is 1), ``dv = dv'[:dv]``. No ``n x n`` buffer exists in forward or backward.
+
+``-inf`` biases (child rows with no admissible tuple) are replaced by :data:`BIAS_FLOOR`, a finite
+value far below any attainable logit: ``-inf`` inside ``k'`` would turn ``dS @ K'`` into
+``0 * inf = NaN``. Rows left with no admissible key are detected exactly by the caller
+(:mod:`polyattn.ops.edge`) and overwritten with ``out = 0, lse = -inf``.
+
+Tensors here are 4-D ``[B, 1, n, d]`` (the caller flattens batch dims). Time ``O(n_q n_k (d+dv))``,
+memory ``O((n_q + n_k)(d + dv))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["flash_edge", "flash_supported", "BIAS_FLOOR"]
+
+#: stands in for a ``-inf`` key bias inside the kernel (finite, so the backward never multiplies 0 by inf)
+BIAS_FLOOR = -1.0e30
+
+_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def flash_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused op serves this device/dtype (a static property, never a runtime fallback)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
+def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    extra = width - x.shape[-1]
+    return F.pad(x, (0, extra)) if extra > 0 else x
+
+
+class _FlashEdge(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        scale: float,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        d = q.shape[-1]
+        dv = v.shape[-1] if v is not None else 0
+        hb = bias is not None
+        width = max(d + hb, dv, 1)
+        # One allocation per operand (fewer passes and fewer ops than cat + pad).
+        if hb:
+            qa = q.new_empty((*q.shape[:-1], width))
+            torch.mul(q, scale, out=qa[..., :d])
+            qa[..., d] = 1.0
+            ka = k.new_empty((*k.shape[:-1], width))
+            ka[..., :d] = k
+            ka[..., d] = bias
+            if width > d + 1:
+                qa[..., d + 1 :] = 0.0
+                ka[..., d + 1 :] = 0.0
+            op_scale = 1.0
+        else:
+            qa, ka, op_scale = _pad(q, width), _pad(k, width), scale
+        if v is None:
+            va = k.new_zeros((*k.shape[:-1], width))
+        elif width == dv:
+            va = v.contiguous()
+        else:
+            va = v.new_empty((*v.shape[:-1], width))
+            va[..., :dv] = v
+            va[..., dv:] = 0.0
+        out, lse = _FWD(qa, ka, va, 0.0, is_causal, attn_mask=attn_mask, scale=op_scale)
+        ctx.save_for_backward(qa, ka, va, out, lse, attn_mask)
+        ctx.meta = (d, dv, hb, is_causal, op_scale, scale)
+        ctx.set_materialize_grads(False)
+        return (out[..., :dv] if v is not None else None), lse
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor | None, g_lse: torch.Tensor | None):  # type: ignore[override]
+        qa, ka, va, out, lse, attn_mask = ctx.saved_tensors
+        d, dv, hb, is_causal, op_scale, scale = ctx.meta
+        width = out.shape[-1]
+        if g_out is None:
+            g_out = torch.zeros((*out.shape[:-1], dv), dtype=out.dtype, device=out.device)
+        if g_lse is not None:
+            if width == dv:
+                # No spare zero column in V: widen everything by one (zeros change no logit).
+                width += 1
+                qa, ka, va = _pad(qa, width), _pad(ka, width), _pad(va, width)
+            o = out.new_empty((*out.shape[:-1], width))
+            o[..., :dv] = out[..., :dv]
+            o[..., dv] = -g_lse.to(out.dtype)
+            g = out.new_empty((*out.shape[:-1], width))
+            g[..., :dv] = g_out
+            g[..., dv] = 1.0
+            if width > dv + 1:
+                o[..., dv + 1 :] = 0.0
+                g[..., dv + 1 :] = 0.0
+            out = o
+        else:
+            g = _pad(g_out.to(out.dtype), width).contiguous()
+        dq, dk, dva = _BWD(
+            g, qa, ka, va, out, lse, 0.0, is_causal, attn_mask=attn_mask, scale=op_scale
+        )
+        gq = dq[..., :d] * scale if hb else dq[..., :d]
+        gk = dk[..., :d]
+        gb = dk[..., d] if hb else None
+        gv = dva[..., :dv] if ctx.needs_input_grad[2] else None
+        return gq, gk, gv, gb, None, None, None
+
+
+def flash_edge(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``softmax(scale * q k^T + bias + attn_mask) v`` and its row log-sum-exp, fused.
+
+    Shapes: ``q [B, 1, Lq, d]``, ``k [B, 1, Lk, d]``, ``v [B, 1, Lk, dv]`` or None, ``bias [B, 1, Lk]``
+    (finite; see :data:`BIAS_FLOOR`) or None, ``attn_mask`` additive float ``[Lq, Lk]`` or
+    ``[B, 1, Lq, Lk]`` or None; ``is_causal`` masks ``j > i`` (top-left aligned). Returns
+    ``(out [B, 1, Lq, dv] or None, lse [B, 1, Lq])``; rows with no admissible key come back with
+    unspecified finite values, which the caller overwrites.
+    """
+    return _FlashEdge.apply(q, k, v, bias, attn_mask, is_causal, scale)  # type: ignore[no-any-return]

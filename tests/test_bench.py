@@ -1,0 +1,138 @@
+"""`polyattn bench`: CLI wiring, JSON/plot outputs, skips with reasons, measurement helpers (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import polyattn
+from polyattn import PolyAttentionError
+from polyattn.bench import kernels as K
+from polyattn.bench import peers as P
+from polyattn.bench.measure import fit_exponent, peak_memory_growth, time_interleaved, write_json_atomic
+from polyattn.cli import build_parser, main
+
+SMALL = ["--n", "8", "16", "--d", "4", "--batch-heads", "2", "--repeats", "1", "--warmup", "0", "--no-progress"]
+
+
+def test_bench_kernels_cli_writes_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(["bench", "kernels", "-m", "path2", "--poly", "x1*x2 + x2*x3 + x1*x3", *SMALL,
+               "--out", str(out), "--plot", str(png)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert png.stat().st_size > 1000
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    recs = doc["records"]
+    assert {r["mechanism"] for r in recs} == {"path2", "x1*x2 + x2*x3 + x1*x3"}
+    assert {r["mode"] for r in recs} == {"fwd", "fwdbwd"}
+    ok = [r for r in recs if r["status"] == "ok"]
+    pa = [r for r in ok if r["impl"] == "polyattn"]
+    assert {r["method"] for r in pa} == {"tree", "elimination"}
+    for r in ok:
+        assert r["time_s"] > 0 and len(r["samples"]) == 1 and r["finite"]
+    # baselines agree with polyattn on the same tensors
+    for r in ok:
+        if "max_abs_diff" in r:
+            assert r["max_abs_diff"] < 1e-4, r
+    assert any(r["impl"] == "einsum" for r in ok) and any(r["impl"] == "reference" for r in ok)
+    assert any(r["impl"] == "matmul" and r["mechanism"] != "path2" for r in ok)
+    ratios = doc["summary"]["ratios"]
+    assert any("vs_edges_x_sdpa" in r for r in ratios)
+    exps = doc["summary"]["exponents"]
+    assert any(e["impl"] == "polyattn" and e["n_min"] == 8 and e["n_max"] == 16 for e in exps)
+    text = capsys.readouterr().out
+    assert "exponent" in text and str(out) in text
+
+
+def test_plain_bench_runs_default_kernels_suite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no benchmarks/default.toml here: built-in defaults + overrides
+    args = build_parser().parse_args(["bench", "-m", "self", *SMALL, "--modes", "fwd", "--no-plot",
+                                      "--out", "x.json"])
+    assert args.handler is K.main and args.suite is None
+    assert args.handler(args) == 0
+    doc = json.loads((tmp_path / "x.json").read_text())
+    assert {r["mechanism"] for r in doc["records"]} == {"self"}
+
+
+def test_missing_peer_is_skipped_with_reason(tmp_path, monkeypatch, capsys):
+    def broken(self):
+        raise ImportError("No module named 'strassen_attention'")
+
+    monkeypatch.setattr(P.Peer, "load", broken)
+    rc = main(["bench", "kernels", "-m", "strassen", *SMALL, "--modes", "fwd", "--impls", "polyattn", "peers",
+               "--no-plot", "--out", str(tmp_path / "p.json")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    skipped = [r for r in doc["records"] if r["impl"] == "strassen-attention"]
+    assert skipped and all(r["status"].startswith("skipped: strassen-attention not usable") for r in skipped)
+    assert "strassen-attention not usable" in capsys.readouterr().err
+
+
+def test_installed_peers_compute_the_same_function():
+    n, d, bh = 6, 4, 2
+    for peer in P.PEERS:
+        if P.peer_status(peer) is not None:
+            continue  # optional extra not installed here
+        qs, vs = K._inputs(peer.polynomial, n, d, bh, seed=0, grad=False)
+        want_q, want_v, kw = peer.polyattn_args(qs, vs)
+        got = peer.load()(qs, vs)
+        want = polyattn.poly_attention(peer.polynomial, want_q, want_v, **kw)
+        assert torch.allclose(got, want, atol=1e-5), peer.name
+
+
+def test_approx_suite_plugs_in(monkeypatch):
+    mod = types.ModuleType("polyattn.bench.approx")
+
+    def add_suite(sub):
+        p = sub.add_parser("approx")
+        p.set_defaults(handler=lambda a: 0)
+
+    mod.add_suite = add_suite
+    monkeypatch.setitem(sys.modules, "polyattn.bench.approx", mod)
+    args = build_parser().parse_args(["bench", "approx"])
+    assert args.suite == "approx" and args.handler(args) == 0
+
+
+def test_config_loading_and_errors(tmp_path):
+    cfg = K.load_config(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "default.toml"))
+    assert cfg.repeats >= 5 and len(cfg.sweeps) >= 2
+    targets = K.load_config(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "targets.toml"))
+    assert {s.name for s in targets.sweeps} >= {"path", "trees", "strassen", "tensor"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kernels]\nrepeat = 3\n")
+    with pytest.raises(PolyAttentionError, match="unknown key 'repeat'"):
+        K.load_config(str(bad))
+    bad.write_text("[kernels]\n[[kernels.sweep]]\nmechanism = ['self']\n")
+    with pytest.raises(PolyAttentionError, match="unknown key"):
+        K.load_config(str(bad))
+    rc = main(["bench", "kernels", "--poly", "x1*x2 +", *SMALL, "--no-plot", "--out", str(tmp_path / "e.json")])
+    assert rc == 2  # PolyAttentionError (with the column pointer) -> exit status 2
+
+
+def test_naive_einsum_matches_reference():
+    qs, vs = K._inputs("x1*x2 + x2*x3 + x1*x3", 5, 3, 2, seed=1, grad=False)
+    qs, vs = [q.double() for q in qs], [v.double() for v in vs]
+    a = K.naive_einsum("x1*x2 + x1*x3 + x2*x3", qs, vs)
+    b = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_measure_helpers(tmp_path):
+    assert fit_exponent([100, 200, 400], [1.0, 4.0, 16.0]) == pytest.approx(2.0)
+    assert fit_exponent([100], [1.0]) is None
+    calls = []
+    s = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and len(s["a"]) == 3
+    p = tmp_path / "sub" / "x.json"
+    write_json_atomic(p, {"a": 1})
+    write_json_atomic(p, {"a": 2})
+    assert json.loads(p.read_text()) == {"a": 2} and os.listdir(p.parent) == ["x.json"]
+    grow = peak_memory_growth(lambda: torch.ones(16 * 2**20).sum())  # touches 64 MB
+    if grow is not None:
+        assert grow > 48 * 2**20

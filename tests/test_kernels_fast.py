@@ -1,0 +1,267 @@
+"""Fused tree-edge kernel (ops/flash.py, ops/edge.py): gradients, masks, causality, dtypes, memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polyattn
+from polyattn.ops import edge as edge_mod
+from polyattn.ops.edge import edge_attention
+from polyattn.ops.flash import BIAS_FLOOR, flash_edge
+
+F64 = torch.float64
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rand(*shape, seed=0, dtype=F64, scale=1.0, grad=True):
+    x = scale * torch.randn(*shape, generator=_g(seed), dtype=dtype)
+    return x.requires_grad_(grad)
+
+
+@pytest.fixture
+def fused_only(monkeypatch):
+    """Fail loudly if the tree kernel takes the materialised edge path."""
+
+    def boom(*a, **k):
+        raise AssertionError("materialised edge path used")
+
+    monkeypatch.setattr(edge_mod, "_materialised_edge", boom)
+
+
+# --------------------------------------------------------------------------- the autograd Function
+@pytest.mark.parametrize(
+    "d,dv,with_bias,causal,with_mask,with_v",
+    [
+        (3, 2, True, False, False, True),
+        (3, 3, True, True, False, True),  # dv == d: backward widens by one column
+        (2, 5, True, False, True, True),  # dv > d + 1: q, k padded
+        (3, 4, False, False, False, True),  # dv == d + 1 without bias: no spare column
+        (3, 1, True, True, True, False),  # value-less: only lse
+    ],
+)
+def test_flash_edge_gradcheck(d, dv, with_bias, causal, with_mask, with_v):
+    B, Lq, Lk = 2, 4, 5
+    q, k = _rand(B, 1, Lq, d, seed=1), _rand(B, 1, Lk, d, seed=2)
+    v = _rand(B, 1, Lk, dv, seed=3) if with_v else None
+    bias = _rand(B, 1, Lk, seed=4) if with_bias else None
+    mask = None
+    if with_mask:
+        keep = torch.rand(Lq, Lk, generator=_g(5)) < 0.7
+        keep[:, 0] = True
+        mask = torch.zeros(Lq, Lk, dtype=F64).masked_fill(~keep, float("-inf"))
+
+    def fn(q, k, *rest):
+        it = iter(rest)
+        vv = next(it) if with_v else None
+        bb = next(it) if with_bias else None
+        out, lse = flash_edge(q, k, vv, bb, attn_mask=mask, is_causal=causal, scale=0.7)
+        return (out, lse) if out is not None else lse
+
+    args = [q, k] + ([v] if with_v else []) + ([bias] if with_bias else [])
+    assert torch.autograd.gradcheck(fn, args)
+    if with_v:  # lse unused: the backward takes its g_lse=None branch
+        assert torch.autograd.gradcheck(lambda *a: fn(*a)[0], args)
+
+
+def test_flash_edge_floor_bias_is_exact_zero_weight():
+    q, k, v = _rand(1, 1, 3, 2, seed=1), _rand(1, 1, 4, 2, seed=2), _rand(1, 1, 4, 2, seed=3)
+    bias = torch.tensor([[[0.3, BIAS_FLOOR, -0.2, BIAS_FLOOR]]], dtype=F64, requires_grad=True)
+    out, lse = flash_edge(q, k, v, bias, attn_mask=None, is_causal=False, scale=1.0)
+    S = q @ k.transpose(-1, -2) + bias.unsqueeze(-2)
+    keep = torch.tensor([True, False, True, False])
+    ref_lse = torch.logsumexp(S[..., keep], -1)
+    ref_out = torch.softmax(S[..., keep], -1) @ v[..., keep, :]
+    assert torch.allclose(lse, ref_lse) and torch.allclose(out, ref_out)
+    (out.sum() + lse.sum()).backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert bias.grad[0, 0, 1] == 0 and bias.grad[0, 0, 3] == 0
+
+
+# ---------------------------------------------------------------------- one edge, every variant
+def _dense_edge(**kw):
+    return edge_mod._materialised_edge(**kw)
+
+
+@pytest.mark.parametrize("causal", [None, "child<=parent", "parent<=child"])
+@pytest.mark.parametrize("lens", [(5, 5), (4, 6), (6, 3)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_edge_matches_materialised(causal, lens, masked):
+    nu, nc = lens
+    q_u, q_c = _rand(2, nu, 3, seed=1), _rand(3, 2, nc, 3, seed=2)  # broadcast batch dims
+    v_c = _rand(1, nc, 2, seed=3)
+    bias = _rand(3, 1, nc, seed=4).detach()
+    bias[0, 0, : nc // 2] = float("-inf")  # child rows without mass
+    bias[1, 0, :] = float("-inf")  # a whole batch entry without mass
+    bias.requires_grad_(True)
+    mask = (torch.rand(nu, nc, generator=_g(7)) < 0.6) if masked else None
+    if masked:
+        mask[0] = False  # a fully masked parent row
+    kw = dict(q_u=q_u, q_c=q_c, v_c=v_c, bias_c=bias, mask=mask, causal=causal, scale=0.8, n_parent=nu)
+    out, lse = edge_attention(**kw)
+    r_out, r_lse = _dense_edge(**kw)
+    assert torch.equal(torch.isinf(lse), torch.isinf(r_lse))
+    fin = torch.isfinite(r_lse)
+    assert torch.allclose(lse[fin], r_lse[fin], atol=1e-12)
+    assert torch.allclose(out, r_out, atol=1e-12) and not out.isnan().any()
+    w1, w2 = torch.randn(out.shape, dtype=F64, generator=_g(9)), torch.randn(lse.shape, dtype=F64, generator=_g(10))
+    ins = (q_u, q_c, v_c, bias)
+
+    def loss(o, lse_):
+        return (o * w1).sum() + (torch.where(torch.isfinite(lse_), lse_, torch.zeros_like(lse_)) * w2).sum()
+
+    g = torch.autograd.grad(loss(out, lse), ins)
+    rg = torch.autograd.grad(loss(r_out, r_lse), ins)
+    for a, b in zip(g, rg):
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+# ------------------------------------------------------------------------ whole trees vs reference
+TREES = [
+    ("x1*x2 + x2*x3", [True, True]),
+    ("x1*x2 + x2*x3 + x2*x4 + x1*x5", [True, False, True, True]),  # branching, a value-less leaf
+    ("x1*x3 + x3*x2", [False, True]),  # value-less inner node
+]
+
+
+def _tree_inputs(spec, has_v, n=6, d=4, dv=3, seed=0, dtype=F64):
+    t = polyattn.parse(spec).num_variables
+    qs = [_rand(2, n, d, seed=seed + j, dtype=dtype, scale=1.5) for j in range(t)]
+    vs = [(_rand(2, n, dv, seed=100 + j, dtype=dtype) if h else None) for j, h in enumerate(has_v)]
+    return qs, vs
+
+
+def _check_vs_reference(spec, qs, vs, atol=1e-10, method="tree", **kw):
+    leaves = qs + [v for v in vs if v is not None]
+    out = polyattn.poly_attention(spec, qs, vs, method=method, **kw)
+    ref = polyattn.poly_attention(spec, qs, vs, method="reference", **kw)
+    assert not out.isnan().any()
+    assert torch.allclose(out.double(), ref, atol=atol), (out.double() - ref).abs().max()
+    w = torch.randn(ref.shape, dtype=F64, generator=_g(3))
+    g = torch.autograd.grad((out.double() * w).sum(), leaves, allow_unused=True)
+    rg = torch.autograd.grad((ref * w).sum(), leaves, allow_unused=True)
+    for a, b in zip(g, rg):
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a.double(), b.double(), atol=atol * 10), (a.double() - b.double()).abs().max()
+
+
+@pytest.mark.parametrize("spec,has_v", TREES)
+@pytest.mark.parametrize("causal", [False, "tree"])
+def test_fused_tree_matches_reference(fused_only, spec, has_v, causal):
+    qs, vs = _tree_inputs(spec, has_v)
+    _check_vs_reference(spec, qs, vs, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, "tree"])
+def test_forest_matches_reference(causal):
+    # x3-x4 hangs under x1 by a zero edge (no logits: materialised by design); x3->x4 is fused
+    qs, vs = _tree_inputs("x1*x2 + x3*x4", [True, True, True])
+    _check_vs_reference("x1*x2 + x3*x4", qs, vs, causal=causal)
+
+
+def test_fused_tree_masks_and_fully_masked_rows(fused_only):
+    spec = "x1*x2 + x2*x3"
+    qs, vs = _tree_inputs(spec, [True, True], n=7)
+    m12 = torch.rand(7, 7, generator=_g(1)) < 0.6
+    m23 = torch.rand(7, 7, generator=_g(2)) < 0.6
+    m12[2] = False  # query row 2 sees no x2
+    m23[:, 4] = True
+    m23[3] = False  # x2 row 3 has no admissible x3: its log-mass is -inf
+    m12[5] = False
+    m12[5, 3] = True  # query row 5 only reaches x2 row 3 -> empty as well
+    _check_vs_reference(spec, qs, vs, mask={(1, 2): m12, (2, 3): m23})
+    out = polyattn.poly_attention(spec, qs, vs, method="tree", mask={(1, 2): m12, (2, 3): m23})
+    assert (out[:, 2] == 0).all() and (out[:, 5] == 0).all()
+    _check_vs_reference(spec, qs, vs, mask={(2, 1): m12.T.contiguous()}, causal="tree")
+
+
+def test_fused_tree_large_logits_finite(fused_only):
+    qs, vs = _tree_inputs("x1*x2 + x2*x3", [True, True], n=8)
+    qs = [(q.detach() * 30).requires_grad_(True) for q in qs]  # logits ~ 1e3
+    _check_vs_reference("x1*x2 + x2*x3", qs, vs, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_tree_low_precision_inputs(fused_only, dtype):
+    spec = "x1*x2 + x2*x3 + x2*x4"
+    qs, vs = _tree_inputs(spec, [True, True, True], n=16, d=8, dv=4, dtype=dtype)
+    out = polyattn.poly_attention(spec, qs, vs, method="tree", causal="tree")
+    assert out.dtype == dtype
+    # reference on the same (rounded) inputs; accumulation is float32 so only output rounding differs
+    ref = polyattn.poly_attention(spec, qs, vs, method="reference", causal="tree")
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    assert torch.allclose(out.double(), ref.double(), atol=tol), (out.double() - ref.double()).abs().max()
+    out.float().sum().backward()
+    assert all(torch.isfinite(q.grad.float()).all() for q in qs)
+
+
+# ---------------------------------------------------------------------------------- O(n d) memory
+def _rss_peak_growth(fn) -> int:
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS watermark
+    base = status("VmRSS:")
+    fn()
+    return status("VmHWM:") - base
+
+
+def test_fused_tree_memory_is_linear():
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("needs Linux /proc/self/clear_refs to read the peak RSS")
+    n, d = 4096, 32
+    g = _g(0)
+    qs = [torch.randn(1, n, d, generator=g, requires_grad=True) for _ in range(3)]
+    vs = [torch.randn(1, n, d, generator=g, requires_grad=True) for _ in range(2)]
+
+    def run():
+        out = polyattn.poly_attention("x1*x2 + x2*x3", qs, vs, method="tree", causal="tree")
+        out.sum().backward()
+
+    run()  # warm up allocator and plan cache
+    grow = _rss_peak_growth(run)
+    assert grow < n * n * 4 // 4, f"peak grew by {grow / 2**20:.1f} MB; one n x n float buffer is 64 MB"
+
+
+# --------------------------------------------------------------- fused cubic kernels (ops/cubic.py)
+@pytest.mark.parametrize("spec", ["x1*x2 + x1*x3 + x2*x3", "x1*x2*x3"])
+@pytest.mark.parametrize("has_v", [(True, True), (False, True), (False, False)])
+def test_fast_cubic_matches_reference(monkeypatch, spec, has_v):
+    from polyattn.ops import cubic
+
+    used = []
+    orig = cubic.fast_cubic
+    monkeypatch.setattr("polyattn.ops.elimination.fast_cubic", lambda p, pl: used.append(1) or orig(p, pl))
+    monkeypatch.setattr(cubic, "CHUNK_BYTES", 4096)  # force several row / column chunks
+    g = _g(0)
+    lens = (5, 7, 6)
+    qs = [torch.randn(*(2,) if j else (3, 2), lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
+    vs = [torch.randn(lens[j], 3, generator=g, dtype=F64).requires_grad_(True) if h else None
+          for j, h in zip((1, 2), has_v)]
+    _check_vs_reference(spec, qs, vs, method="elimination")
+    assert used
+
+
+def test_fast_triangle_underflow_falls_back_exactly():
+    # Logits ~1e3 with opposing signs: the separable shifts overshoot the joint max by far more
+    # than float32's range, so the fused kernel must hand over to the generic elimination.
+    g = _g(3)
+    qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
+    vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]
+    out = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="elimination")
+    ref = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), ref.double(), atol=1e-4)
