@@ -29,8 +29,9 @@ done
 # Match3 and binary relation composition
 T -c configs/match3.toml
 T -c configs/relation.toml
+# (the m = 8 run's summary title was set with --set 'name="2-fold composition, m = 8"' when collected with --summary-only)
 # collected summaries, plots and tables
 .venv/bin/python -m polyattn.train.report --out docs/results runs/composition_m25 runs/composition_m25_long \
   runs/composition_m8 runs/composition_m12 runs/composition3_m16 runs/match3 runs/relation
 # training step time, tree vs self-attention (same run, interleaved)
-.venv/bin/python -m polyattn.train.steptime --out docs/results/steptime
+.venv/bin/python -m polyattn.train.steptime --out docs/results/steptime --rounds 7

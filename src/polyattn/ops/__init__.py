@@ -1,7 +1,8 @@
-"""Kernels: the float64 reference, SDPA, tree message passing and stable variable elimination."""
+"""Kernels: float64 reference, SDPA, fused tree message passing, stable variable elimination (with
+fused cubic kernels) and the polynomial-method approximation; one dispatch table."""
 
+from . import approx as _approx  # noqa: E402,F401  registers method="approx"
 from .dispatch import KERNELS, register_kernel, run
 from .inputs import Problem, prepare
-from . import approx as _approx  # noqa: E402,F401  registers method="approx"
 
 __all__ = ["KERNELS", "register_kernel", "run", "Problem", "prepare"]
