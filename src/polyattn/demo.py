@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from .functional import plan_for, poly_attention
 from .polynomial import NAMED
+from .theory import analyze
 
-__all__ = ["add_parser", "run_demo", "show_mechanisms"]
+__all__ = ["add_parser", "run_demo", "show_mechanisms", "show_theory"]
 
 
 def _median_time(fn, repeats: int = 5) -> float:
@@ -60,6 +61,26 @@ def show_mechanisms(n_check: int = 24, n_time: int = 256, d: int = 32, batch: in
     return rows
 
 
+def show_theory() -> list[dict]:
+    """One line of ``polyattn.analyze`` per named mechanism (what the theory predicts)."""
+    rows = []
+    print(f"{'mechanism':<16} {'polynomial':<24} {'exact time':<11} {'lower bound':<14} "
+          f"{'approx iff B=o((log n)^x)':<26} {'composes':<9} {'Match3':<7}")
+    for name, poly in NAMED.items():
+        d = analyze(poly).to_dict()
+
+        def fmt(x: object) -> str:
+            return "unknown" if x is None else ("yes" if x is True else "no" if x is False else str(x))
+
+        lower = d["exact_lower_bound"]
+        lower = lower.get("value", lower) if isinstance(lower, dict) else lower
+        print(f"{name:<16} {str(poly):<24} {'n^' + str(d['exact_upper_exponent']):<11} {fmt(lower):<14} "
+              f"{'x = ' + format(d['approx_bound_exponent'], '.3g'):<26} {fmt(d['composition_depth']):<9} "
+              f"{fmt(d['match3']):<7}")
+        rows.append(d)
+    return rows
+
+
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -71,6 +92,8 @@ def run_demo(args: argparse.Namespace | None = None) -> int:
     torch.manual_seed(0)
     print("polyattn demo — part 1: the named mechanisms, planned, computed and checked\n")
     show_mechanisms()
+    print("\nWhat the theory says about them (polyattn analyze; one layer, one head):\n")
+    show_theory()
     if _has_module("polyattn.train.demo_job") and not getattr(args, "quick", False):
         from .train.demo_job import run_training_demo
 
