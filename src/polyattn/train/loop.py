@@ -207,8 +207,11 @@ def train_cell(
     if main and cfg.progress:
         from tqdm.auto import tqdm
 
+        import sys
+
+        # In a log (not a terminal) refresh rarely so that the bar does not flood the output.
         pbar = tqdm(total=steps, initial=step, desc=f"{mech.name} seed {seed}", dynamic_ncols=True,
-                    leave=False)
+                    leave=False, mininterval=0.1 if sys.stderr.isatty() else 15.0)
     run_loss = run_correct = run_n = 0.0
     done_here = 0
     model.train()
