@@ -237,15 +237,32 @@ def test_fused_tree_memory_is_linear():
 
 
 # --------------------------------------------------------------- fused cubic kernels (ops/cubic.py)
+@pytest.fixture
+def dense_limit(monkeypatch):
+    """Set the planner's row-wise triangle limit; plans are cached, so clear them around the test."""
+    from polyattn.planning import strategy
+
+    def set_limit(tuples: int) -> None:
+        monkeypatch.setattr(strategy, "DENSE_TRIANGLE_TUPLES", tuples)
+        strategy._cached.cache_clear()
+
+    yield set_limit
+    monkeypatch.undo()
+    strategy._cached.cache_clear()
+
+
 @pytest.mark.parametrize("spec", ["x1*x2 + x1*x3 + x2*x3", "x1*x2*x3"])
 @pytest.mark.parametrize("has_v", [(True, True), (False, True), (False, False)])
-def test_fast_cubic_matches_reference(monkeypatch, spec, has_v):
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_fast_cubic_matches_reference(monkeypatch, dense_limit, spec, has_v, rowwise):
     from polyattn.ops import cubic
 
     used = []
     orig = cubic.fast_cubic
     monkeypatch.setattr("polyattn.ops.elimination.fast_cubic", lambda p, pl: used.append(1) or orig(p, pl))
     monkeypatch.setattr(cubic, "CHUNK_BYTES", 4096)  # force several row / column chunks
+    # small triangles run row-wise dense; 0 forces the separable-shift kernel
+    dense_limit(2**24 if rowwise else 0)
     g = _g(0)
     lens = (5, 7, 6)
     qs = [torch.randn(*(2,) if j else (3, 2), lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
@@ -255,9 +272,29 @@ def test_fast_cubic_matches_reference(monkeypatch, spec, has_v):
     assert used
 
 
-def test_fast_triangle_underflow_falls_back_exactly():
+def test_fast_triangle_underflow_falls_back_exactly(monkeypatch, dense_limit):
     # Logits ~1e3 with opposing signs: the separable shifts overshoot the joint max by far more
-    # than float32's range, so the fused kernel must hand over to the generic elimination.
+    # than float32's range, so the separable-shift kernel must hand over to the generic elimination.
+    from polyattn.ops import cubic
+
+    g = _g(3)
+    used = []
+    orig = cubic._triangle
+    dense_limit(0)
+    monkeypatch.setattr(cubic, "_triangle", lambda p: used.append(orig(p)) or used[-1])
+    qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
+    vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]
+    out = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="elimination")
+    ref = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), ref.double(), atol=1e-4)
+    assert used == [None]  # the separable kernel declined; the generic steps computed the result
+
+
+def test_rowwise_triangle_large_logits_exact_without_fallback(monkeypatch):
+    from polyattn.ops import cubic
+
+    monkeypatch.setattr(cubic, "_triangle", lambda p: pytest.fail("separable kernel used"))
     g = _g(3)
     qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
     vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]

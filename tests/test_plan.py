@@ -67,6 +67,10 @@ def test_fused_cubic_kernels_are_shown_in_the_plan():
     tri = polyattn.plan(strassen(), seq_len=512, head_dim=32)
     assert tri.fused == "triangle" and "fused triangle kernel" in str(tri)
     assert "only for rows that could underflow" in str(tri)
+    # training sizes: all logits of a row chunk at once, exact row max, no fallback steps
+    tiny = polyattn.plan(strassen(), seq_len=25, head_dim=64, batch=64)
+    assert tiny.fused == "triangle" and [s.kind for s in tiny.steps] == ["fused-triangle-rowwise"]
+    assert "small problem" in str(tiny) and "underflow" not in str(tiny)
     ten = polyattn.plan(tensor(3), seq_len=256, head_dim=32)
     assert ten.fused == "tensor3" and "fused x1*x2*x3 kernel" in str(ten)
     # masks, causality or a budget the fused kernel cannot meet: the generic chunked steps run

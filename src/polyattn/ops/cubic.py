@@ -18,9 +18,14 @@ value column ``z``: ``H_z[b, c] = V2[b, z] E23[b, c] V3[c, z]``, ``M_z = E12 @ H
 are an upper bound of the joint max, so a row's normaliser may underflow; if any normaliser is
 below ``sqrt(tiny)`` the result is not trusted and ``None`` is returned (generic path, exact).
 
+**Small triangles** (``batch * n1 * n2 * n3 <= planning.strategy.DENSE_TRIANGLE_TUPLES``, decided by the planner) instead run row-wise like
+``x1*x2*x3`` below, with ``L[r,b,c] = F12[r,b] + F13[r,c] + F23[b,c]``: at training sizes the
+separable kernel's many tiny batched GEMMs cost far more than the ``n^3`` exps, and the exact
+per-row max needs no underflow check.
+
 **x1*x2*x3**: per chunk of query rows ``R``, ``L[r,b,c] = s * sum_k q1[r,k] q2[b,k] q3[c,k]`` as one
 GEMM ``[R*n2, d] @ [d, n3]``; exact per-row max shift (the dominant term is exactly 1, so nothing
-relevant underflows); ``Y = exp(L - max) @ V3`` (GEMM) and ``out[r] = sum_b Y[r,b] * V2[b]``.
+relevant underflows); ``Y = exp(L - max) @ V3`` (GEMM) and ``out[r] = sum_b Y[r,b] * V2[b]`` (elementwise, summed).
 Memory ``O(R * n^2)`` per head with ``R`` sized by :data:`CHUNK_BYTES`.
 
 Both run as plain torch ops, so autograd gives exact gradients (detached shifts are constants);
@@ -50,6 +55,8 @@ def fast_cubic(prob: Problem, plan: Plan) -> torch.Tensor | None:
         return None
     monos = prob.spec.polynomial.monomials
     if monos == TRIANGLE:
+        if plan.steps and plan.steps[0].kind == "fused-triangle-rowwise":  # the planner's choice
+            return _triangle_rowwise(prob)
         return _triangle(prob)
     if monos == TENSOR3:
         return _tensor3(prob)
@@ -128,33 +135,62 @@ def _triangle(prob: Problem) -> torch.Tensor | None:
 
 
 def _tensor3(prob: Problem) -> torch.Tensor:
-    (q1, q2, q3), (v2, v3), dv = _flat(prob)
+    (q1, q2, q3), vs, dv = _flat(prob)
     s = prob.scale
-    grad = _needs_grad(q1, q2, q3)
-    B, n1, d = q1.shape
-    n2, n3 = q2.shape[1], q3.shape[1]
-    C = dv + 1
-    per_row = B * n2 * (n3 + C + d) * q1.element_size()
-    rc = max(1, min(n1, CHUNK_BYTES // max(1, per_row)))
     q3t = (q3 * s).transpose(-1, -2)  # [B, d, n3]
-    v3t = v3.transpose(-1, -2)  # [B, C, n3]
-    v2t = v2.transpose(-1, -2).unsqueeze(-1).contiguous()  # [B, C, n2, 1]
+
+    def logits(r0: int, r1: int) -> torch.Tensor:
+        B, _, d = q1.shape
+        k = (q1[:, r0:r1].unsqueeze(2) * q2.unsqueeze(1)).reshape(B, (r1 - r0) * q2.shape[1], d)
+        return torch.matmul(k, q3t)  # [B, R*n2, n3]: the n^3 * d work, one GEMM
+
+    return _rowwise(prob, logits, vs, dv, extra=q1.shape[-1])
+
+
+def _triangle_rowwise(prob: Problem) -> torch.Tensor:
+    """Small problems: all ``R x n2 x n3`` logits of a row chunk at once, exact per-row max."""
+    (q1, q2, q3), vs, dv = _flat(prob)
+    s = prob.scale
+    f23 = (torch.matmul(q2, q3.transpose(-1, -2)) * s).unsqueeze(1)  # [B, 1, n2, n3]
+    f12 = torch.matmul(q1, q2.transpose(-1, -2)) * s  # [B, n1, n2]
+    f13 = torch.matmul(q1, q3.transpose(-1, -2)) * s  # [B, n1, n3]
+
+    def logits(r0: int, r1: int) -> torch.Tensor:
+        B, n2, n3 = f23.shape[0], f23.shape[2], f23.shape[3]
+        lg = f12[:, r0:r1].unsqueeze(-1) + f13[:, r0:r1].unsqueeze(-2) + f23  # [B, R, n2, n3]
+        return lg.reshape(B, (r1 - r0) * n2, n3)
+
+    return _rowwise(prob, logits, vs, dv, extra=0)
+
+
+def _rowwise(prob: Problem, logits_fn, vs: list[torch.Tensor], dv: int, *, extra: int) -> torch.Tensor:
+    """``out[r] = sum_{b,c} softmax_{b,c}(L[r,b,c]) V2[b] * V3[c]`` per chunk of query rows.
+
+    ``logits_fn(r0, r1)`` returns ``L`` for rows ``r0:r1`` as ``[B, R*n2, n3]``. Exact per-row max
+    shift (the dominant term is exactly 1, so nothing relevant underflows); ``Y = exp(L - max) @ V3``
+    is one GEMM and the ``V2`` contraction an elementwise product summed over ``n2`` (a batched
+    mat-vec here is many tiny BLAS calls, far slower in forward and backward at training sizes).
+    """
+    v2, v3 = vs
+    B, n2, C = v2.shape
+    n1 = prob.n(1)
+    n3 = v3.shape[1]
+    grad = torch.is_grad_enabled()
+    per_row = B * n2 * (n3 + 2 * C + extra) * v2.element_size()
+    rc = max(1, min(n1, CHUNK_BYTES // max(1, per_row)))
     outs = []
     for r0 in range(0, n1, rc):
         r1 = min(n1, r0 + rc)
         R = r1 - r0
-        k = (q1[:, r0:r1].unsqueeze(2) * q2.unsqueeze(1)).reshape(B, R * n2, d)
-        logits = torch.matmul(k, q3t).reshape(B, R, n2 * n3)
-        del k
-        lam = logits.detach().amax(-1, keepdim=True)
+        lg = logits_fn(r0, r1).reshape(B, R, n2 * n3)
+        lam = lg.detach().amax(-1, keepdim=True)
         # exp's backward needs its result, not its input, so the shift may happen in place
-        p = torch.exp(logits - lam) if grad else logits.sub_(lam).exp_()
-        del logits
-        # Y^T = V3^T P^T straight from the GEMM ([B, C, R*n2]), so the V2 contraction is a
-        # batched mat-vec without any transpose copy
-        yt = torch.matmul(v3t, p.reshape(B, R * n2, n3).transpose(-1, -2)).reshape(B, C, R, n2)
+        p = torch.exp(lg - lam) if grad else lg.sub_(lam).exp_()
+        del lg
+        y = torch.matmul(p.reshape(B, R * n2, n3), v3).reshape(B, R, n2, C)
         del p
-        outs.append(torch.matmul(yt, v2t).squeeze(-1))  # [B, C, R]
-        del yt
-    acc = (torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]).transpose(-1, -2)  # [B, n1, C]
+        outs.append((y * v2.unsqueeze(1)).sum(2))  # [B, R, C]
+        del y
+    acc = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # [B, n1, C]
     return _finish(prob, acc, dv)
+

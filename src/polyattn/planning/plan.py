@@ -68,7 +68,10 @@ class Step:
                     "value columns, O(n^2) memory per head")
         if self.kind == "fused-tensor3":
             return ("fused x1*x2*x3 kernel: per query-row chunk, logits GEMM, exact row max, exp, "
-                    "V3 GEMM, V2 mat-vec")
+                    "V3 GEMM, V2 product summed over x2")
+        if self.kind == "fused-triangle-rowwise":
+            return ("fused triangle kernel (small problem): per query-row chunk, all n2 x n3 logits, "
+                    "exact row max, exp, V3 GEMM, V2 product summed over x2")
         if self.kind.startswith("fallback-"):
             inner = Step(self.kind.removeprefix("fallback-"), self.var, self.scope, 0.0, 0.0,
                          depends_on_query=self.depends_on_query).describe()

@@ -37,6 +37,10 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 REFERENCE_MAX_TUPLES = 2**24
 #: Working-set bound of one chunk of the fused cubic kernels (ops/cubic.py), bytes.
 FUSED_CHUNK_BYTES = 64 * 2**20
+#: At most this many (batch x n1 x n2 x n3) tuples, the fused triangle materialises the logits of a
+#: query-row chunk with an exact per-row max (no n^3-sized exp is cheaper than separable shifts at
+#: large n, but at training sizes the separable kernel's tiny batched GEMMs dominate).
+DENSE_TRIANGLE_TUPLES = 2**24
 
 _TRIANGLE = ((1, 2), (1, 3), (2, 3))
 _TENSOR3 = ((1, 2, 3),)
@@ -243,7 +247,10 @@ def _plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
     if fused:
         steps, fl, mem = _fused_steps(spec, fused)
         flops = _factor_flops(spec) + fl
-        if fused == "triangle":
+        if steps[0].kind == "fused-triangle-rowwise":
+            notes = ["a fused kernel runs this small triangle (exact per-row log-shift, BLAS contractions)"]
+            rows, cc = _fused_rows(spec), spec.value_dim
+        elif fused == "triangle":
             notes.insert(0, "a fused BLAS kernel runs this polynomial; if any row's normaliser could have "
                          "underflowed, the exact generic steps (marked) recompute the call")
         else:
@@ -269,6 +276,11 @@ def _fused_steps(spec: ProblemSpec, kind: str) -> tuple[list[Step], float, float
     n1, n2, n3 = spec.seq_lens
     C = _value_channels(spec)
     b, isz, d = spec.batch, spec.itemsize, spec.head_dim
+    if kind == "triangle" and b * n1 * n2 * n3 <= DENSE_TRIANGLE_TUPLES:
+        flops = 2.0 * n1 * n2 * n3 * C * b
+        rows = max(1, min(n1, FUSED_CHUNK_BYTES // max(1, b * n2 * (n3 + 2 * C) * isz)))
+        mem = (n1 * n2 + n1 * n3 + n2 * n3) * b * isz + rows * b * n2 * (n3 + 2 * C) * isz
+        return [Step("fused-triangle-rowwise", 3, (1, 2, 3), flops, mem)], flops, mem
     if kind == "triangle":
         flops = 2.0 * n1 * n2 * n3 * C * b
         mem = (n1 * n2 + n1 * n3 + n2 * n3) * b * isz + min(FUSED_CHUNK_BYTES, 2 * (n1 + n2) * n3 * C * b * isz)
@@ -277,7 +289,7 @@ def _fused_steps(spec: ProblemSpec, kind: str) -> tuple[list[Step], float, float
         generic = [st for st in _plan_elimination_generic_steps(spec)]
         return [step, *generic], flops, mem
     flops = 2.0 * n1 * n2 * n3 * (d + C) * b
-    per_row = b * n2 * (n3 + C + d) * isz
+    per_row = b * n2 * (n3 + 2 * C + d) * isz
     mem = _fused_rows(spec) * per_row * 2
     return [Step("fused-tensor3", 3, (1, 2, 3), flops, mem)], flops, mem
 
@@ -285,7 +297,7 @@ def _fused_steps(spec: ProblemSpec, kind: str) -> tuple[list[Step], float, float
 def _fused_rows(spec: ProblemSpec) -> int:
     """Query rows per chunk of the fused x1*x2*x3 kernel (same rule as ops/cubic.py)."""
     n1, n2, n3 = spec.seq_lens
-    per_row = spec.batch * n2 * (n3 + _value_channels(spec) + spec.head_dim) * spec.itemsize
+    per_row = spec.batch * n2 * (n3 + 2 * _value_channels(spec) + spec.head_dim) * spec.itemsize
     return max(1, min(n1, FUSED_CHUNK_BYTES // max(1, per_row)))
 
 
