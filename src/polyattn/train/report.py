@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(s)
         dst = out / src.name
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, dst / "summary.json")
-        for png in ("curves_steps.png", "curves_seconds.png"):
-            if (src / png).exists():
-                shutil.copy(src / png, dst / png)
+        if dst.resolve() != src.resolve():  # re-collecting runs already under --out copies nothing
+            shutil.copy(f, dst / "summary.json")
+            for png in ("curves_steps.png", "curves_seconds.png"):
+                if (src / png).exists():
+                    shutil.copy(src / png, dst / png)
         t = s["task"]
         params = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("name", "vocab_sizes", "readout", "num_classes"))
         parts.append(
