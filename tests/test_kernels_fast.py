@@ -41,6 +41,9 @@ def fused_only(monkeypatch):
         (2, 5, True, False, True, True),  # dv > d + 1: q, k padded
         (3, 4, False, False, False, True),  # dv == d + 1 without bias: no spare column
         (3, 1, True, True, True, False),  # value-less: only lse
+        # bias without a pair mask: the forward passes it as a broadcast additive mask
+        (2, 5, True, False, False, True),  # dv > d: q, k padded, augmented only in the backward
+        (3, 1, True, False, False, False),  # value-less, bias as mask
     ],
 )
 def test_flash_edge_gradcheck(d, dv, with_bias, causal, with_mask, with_v):
@@ -65,6 +68,23 @@ def test_flash_edge_gradcheck(d, dv, with_bias, causal, with_mask, with_v):
     assert torch.autograd.gradcheck(fn, args)
     if with_v:  # lse unused: the backward takes its g_lse=None branch
         assert torch.autograd.gradcheck(lambda *a: fn(*a)[0], args)
+
+
+def test_flash_edge_broadcast_bias_matches_dense():
+    """A bias broadcast over the batch (stride 0) as the forward's additive mask: values and grads."""
+    q, k, v = _rand(3, 1, 4, 2, seed=1), _rand(3, 1, 5, 2, seed=2), _rand(3, 1, 5, 2, seed=3)
+    b0 = _rand(1, 1, 5, seed=4)
+    out, lse = flash_edge(q, k, v, b0.expand(3, 1, 5), attn_mask=None, is_causal=False, scale=0.5)
+    (out.sum() + 2 * lse.sum()).backward()
+    grads = [t.grad.clone() for t in (q, k, v, b0)]
+    for t in (q, k, v, b0):
+        t.grad = None
+    S = 0.5 * q @ k.transpose(-1, -2) + b0.unsqueeze(-2)
+    ref_out, ref_lse = torch.softmax(S, -1) @ v, torch.logsumexp(S, -1)
+    assert torch.allclose(out, ref_out) and torch.allclose(lse, ref_lse)
+    (ref_out.sum() + 2 * ref_lse.sum()).backward()
+    for got, t in zip(grads, (q, k, v, b0)):
+        assert torch.allclose(got, t.grad)
 
 
 def test_flash_edge_floor_bias_is_exact_zero_weight():

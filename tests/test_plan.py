@@ -71,6 +71,9 @@ def test_fused_cubic_kernels_are_shown_in_the_plan():
     tiny = polyattn.plan(strassen(), seq_len=25, head_dim=64, batch=64)
     assert tiny.fused == "triangle" and [s.kind for s in tiny.steps] == ["fused-triangle-rowwise"]
     assert "small problem" in str(tiny) and "underflow" not in str(tiny)
+    # few tuples but long sequences: the separable kernel (n^2 exps) wins
+    long1 = polyattn.plan(strassen(), seq_len=128, head_dim=32, batch=1)
+    assert [s.kind for s in long1.steps][0] == "fused-triangle"
     ten = polyattn.plan(tensor(3), seq_len=256, head_dim=32)
     assert ten.fused == "tensor3" and "fused x1*x2*x3 kernel" in str(ten)
     # masks, causality or a budget the fused kernel cannot meet: the generic chunked steps run

@@ -18,7 +18,8 @@ value column ``z``: ``H_z[b, c] = V2[b, z] E23[b, c] V3[c, z]``, ``M_z = E12 @ H
 are an upper bound of the joint max, so a row's normaliser may underflow; if any normaliser is
 below ``sqrt(tiny)`` the result is not trusted and ``None`` is returned (generic path, exact).
 
-**Small triangles** (``batch * n1 * n2 * n3 <= planning.strategy.DENSE_TRIANGLE_TUPLES``, decided by the planner) instead run row-wise like
+**Small triangles** (``batch * n1 * n2 * n3 <= planning.strategy.DENSE_TRIANGLE_TUPLES`` and
+every ``n <= DENSE_TRIANGLE_MAX_LEN``, decided by the planner) instead run row-wise like
 ``x1*x2*x3`` below, with ``L[r,b,c] = F12[r,b] + F13[r,c] + F23[b,c]``: at training sizes the
 separable kernel's many tiny batched GEMMs cost far more than the ``n^3`` exps, and the exact
 per-row max needs no underflow check.

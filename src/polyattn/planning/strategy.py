@@ -41,6 +41,10 @@ FUSED_CHUNK_BYTES = 64 * 2**20
 #: query-row chunk with an exact per-row max (no n^3-sized exp is cheaper than separable shifts at
 #: large n, but at training sizes the separable kernel's tiny batched GEMMs dominate).
 DENSE_TRIANGLE_TUPLES = 2**24
+#: ... and only while every sequence is at most this long: from n ~ 64 on, the row-wise kernel's n^3
+#: exps cost more than the separable kernel's GEMM overhead (forward at b=1, n=128, d=32: 17 ms vs
+#: 6 ms; training step at b=64, n=32, d=64: row-wise 85 ms vs separable 138 ms; 1 thread).
+DENSE_TRIANGLE_MAX_LEN = 64
 
 _TRIANGLE = ((1, 2), (1, 3), (2, 3))
 _TENSOR3 = ((1, 2, 3),)
@@ -276,7 +280,8 @@ def _fused_steps(spec: ProblemSpec, kind: str) -> tuple[list[Step], float, float
     n1, n2, n3 = spec.seq_lens
     C = _value_channels(spec)
     b, isz, d = spec.batch, spec.itemsize, spec.head_dim
-    if kind == "triangle" and b * n1 * n2 * n3 <= DENSE_TRIANGLE_TUPLES:
+    rowwise = b * n1 * n2 * n3 <= DENSE_TRIANGLE_TUPLES and max(n1, n2, n3) <= DENSE_TRIANGLE_MAX_LEN
+    if kind == "triangle" and rowwise:
         flops = 2.0 * n1 * n2 * n3 * C * b
         rows = max(1, min(n1, FUSED_CHUNK_BYTES // max(1, b * n2 * (n3 + 2 * C) * isz)))
         mem = (n1 * n2 + n1 * n3 + n2 * n3) * b * isz + rows * b * n2 * (n3 + 2 * C) * isz
