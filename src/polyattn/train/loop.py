@@ -205,9 +205,9 @@ def train_cell(
     steps = cfg.optim.steps
     pbar = None
     if main and cfg.progress:
-        from tqdm.auto import tqdm
-
         import sys
+
+        from tqdm.auto import tqdm
 
         # In a log (not a terminal) refresh rarely so that the bar does not flood the output.
         pbar = tqdm(total=steps, initial=step, desc=f"{mech.name} seed {seed}", dynamic_ncols=True,
