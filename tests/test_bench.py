@@ -111,6 +111,11 @@ def test_config_loading_and_errors(tmp_path):
     bad.write_text("[kernels]\n[[kernels.sweep]]\nmechanism = ['self']\n")
     with pytest.raises(PolyAttentionError, match="unknown key"):
         K.load_config(str(bad))
+    bad.write_text("[kernels]\n[[kernels.sweep]]\nn = [8, 16]\nrepeats = [3]\n")
+    with pytest.raises(PolyAttentionError, match="one per entry of n"):
+        K.load_config(str(bad))
+    cubic = K.load_config(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "cubic_exponent.toml"))
+    assert all(not s.measure_memory for s in cubic.sweeps)
     rc = main(["bench", "kernels", "--poly", "x1*x2 +", *SMALL, "--no-plot", "--out", str(tmp_path / "e.json")])
     assert rc == 2  # PolyAttentionError (with the column pointer) -> exit status 2
 
@@ -136,3 +141,15 @@ def test_measure_helpers(tmp_path):
     grow = peak_memory_growth(lambda: torch.ones(16 * 2**20).sum())  # touches 64 MB
     if grow is not None:
         assert grow > 48 * 2**20
+
+
+def test_sweep_repeats_per_n_and_memory_phase_off(tmp_path):
+    cfg = K.KernelsConfig(
+        sweeps=[K.Sweep(name="s", mechanisms=["path2"], n=[8, 16], d=[4], batch_heads=1, modes=["fwd"],
+                        impls=["polyattn"], repeats=[2, 1], measure_memory=False)],
+        out=str(tmp_path / "s.json"), plot=None,
+    )
+    doc = K.run_kernels(cfg, progress=False, log=lambda m: None)
+    recs = {r["n"]: r for r in doc["records"]}
+    assert len(recs[8]["samples"]) == 2 and len(recs[16]["samples"]) == 1
+    assert all("peak_mb" not in r for r in recs.values())

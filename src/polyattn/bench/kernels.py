@@ -76,6 +76,9 @@ class Sweep:
     modes: list[str] = field(default_factory=lambda: ["fwd", "fwdbwd"])
     impls: list[str] = field(default_factory=lambda: list(IMPLS))
     input_scale: float = 1.0  # queries ~ input_scale * N(0, 1): large values probe overflow
+    # overrides [kernels] repeats: one int, or one per entry of n (e.g. 1 for the minute-long cubic cases)
+    repeats: int | list[int] | None = None
+    measure_memory: bool = True  # False skips phase 2 (one more full call per case)
 
 
 @dataclass
@@ -122,7 +125,14 @@ def load_config(path: str | None) -> KernelsConfig:
                     f"{path}: unknown key(s) {sorted(unknown)} in [[kernels.sweep]] #{i + 1}; known: "
                     + ", ".join(Sweep.__dataclass_fields__)
                 )
-            cfg.sweeps.append(Sweep(**s))
+            sw = Sweep(**s)
+            reps = sw.repeats if isinstance(sw.repeats, list) else [sw.repeats or 1]
+            if (isinstance(sw.repeats, list) and len(sw.repeats) != len(sw.n)) or min(reps) < 1:
+                raise polyattn.PolyAttentionError(
+                    f"{path}: [[kernels.sweep]] #{i + 1}: repeats must be an int >= 1 or a list of them, "
+                    f"one per entry of n ({len(sw.n)})"
+                )
+            cfg.sweeps.append(sw)
     return cfg
 
 
@@ -266,7 +276,10 @@ def _time_case(label: str, poly: str, n: int, d: int, sweep: Sweep, mode: str, c
             recs.append(dict(base, impl=im.name, status=f"error: {type(e).__name__}: {e}"))
             continue
         runnable[im.name] = run
-    samples = time_interleaved(runnable, repeats=cfg.repeats, warmup=max(0, cfg.warmup - 1))
+    repeats = cfg.repeats if sweep.repeats is None else sweep.repeats
+    if isinstance(repeats, list):
+        repeats = repeats[sweep.n.index(n)]
+    samples = time_interleaved(runnable, repeats=repeats, warmup=max(0, cfg.warmup - 1))
     for im in impls:
         if im.name not in runnable:
             continue
@@ -285,7 +298,7 @@ def _memory_case(label: str, poly: str, n: int, d: int, sweep: Sweep, mode: str,
                  recs: list[dict]) -> None:
     """Phase 2 (after all timings, since it retunes the allocator): peak memory and output checks."""
     ok = {r["impl"]: r for r in recs if r["status"] == "ok"}
-    if not ok:
+    if not ok or not sweep.measure_memory:
         return
     base, impls, leaves = _setup(label, poly, n, d, sweep, mode, cfg)
     ref_out = None
