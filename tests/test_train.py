@@ -124,6 +124,14 @@ def test_run_writes_summary_metrics_plots(tmp_path: Path, capsys: pytest.Capture
     table = (tmp_path / "docs" / "tables.md").read_text()
     assert "| tree | `x1*x2 + x2*x3` | 1 × 1 |" in table and "yes (composes 2)" in table
     assert "no (composes 1 < 2" in table
+    # accuracy vs m needs >= 2 values of m; --vs-m restricts which runs make that plot
+    other = tmp_path / "m9"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps(again | {"task": again["task"] | {"m": 9}}))
+    assert report_main([str(tmp_path), str(other), "--out", str(tmp_path / "d2")]) == 0
+    assert (tmp_path / "d2" / "accuracy_vs_m.png").exists()
+    assert report_main([str(tmp_path), str(other), "--out", str(tmp_path / "d3"), "--vs-m", "m9"]) == 0
+    assert not (tmp_path / "d3" / "accuracy_vs_m.png").exists()
 
 
 def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories holding summary.json")
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--vs-m", nargs="+", metavar="RUN", default=None,
+                    help="runs (directory names) that make accuracy_vs_m.png; default: every 2-fold composition run")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries, parts = [], []
+    summaries, parts, vs_m = [], [], []
     for r in args.runs:
         src = Path(r)
         f = src / "summary.json"
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         s = json.loads(f.read_text())
         summaries.append(s)
+        if args.vs_m is None or src.name in args.vs_m:
+            vs_m.append(s)
         dst = out / src.name
         dst.mkdir(parents=True, exist_ok=True)
         if dst.resolve() != src.resolve():  # re-collecting runs already under --out copies nothing
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[summary.json]({src.name}/summary.json).\n\n{markdown_table(s)}\n"
         )
     (out / "tables.md").write_text("\n".join(parts))
-    p = _accuracy_vs_m(summaries, out)
+    p = _accuracy_vs_m(vs_m, out)
     print(f"wrote {out / 'tables.md'}" + (f" and {p}" if p else ""))
     return 0
 
