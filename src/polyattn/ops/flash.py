@@ -96,7 +96,7 @@ class _FlashEdge(torch.autograd.Function):
         d = q.shape[-1]
         dv = v.shape[-1] if v is not None else 0
         hb = bias is not None
-        if hb and attn_mask is None:
+        if bias is not None and attn_mask is None:
             # The bias enters as a broadcast additive mask [B, 1, 1, Lk]: no augmented copies of q
             # and k in the forward (their build costs ~10% of the call at n = 1024). The backward
             # augments, because the op returns no gradient for its mask.
@@ -111,7 +111,7 @@ class _FlashEdge(torch.autograd.Function):
             ctx.set_materialize_grads(False)
             return (out[..., :dv] if v is not None else None), lse
         width = max(d + hb, dv, 1)
-        if hb:
+        if bias is not None:
             qa, ka = _augment(q, k, bias, scale, width)
             op_scale = 1.0
         else:
