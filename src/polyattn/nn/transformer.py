@@ -5,7 +5,8 @@ Architecture (``L`` blocks, width ``dim``)::
     h_0 = sum_c E_c[tokens[..., c]]  (+ P[position] when max_len is set)
     h_l = h_{l-1} + PolyAttention_l(LN(h_{l-1}))
     h_l = h_l + MLP_l(LN(h_l))                     (MLP: dim -> mlp_ratio*dim -> dim, GELU)
-    logits = W LN(h_L)[:, -1]      (readout="last":  [B, classes])
+    logits = W LN(h_L)[:, -1]      (readout="last":  [B, classes]; the last block computes only
+                                    that row when not causal)
              W LN(h_L)             (readout="all":   [B, N, classes])
 
 Tokens may carry several integer feature channels (``[B, N, C]``, channel ``c`` with its own
@@ -57,8 +58,19 @@ class PolyBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``[B, N, dim]`` → ``[B, N, dim]``, or ``[B, 1, dim]`` (the last position) if ``last_only``.
+
+        ``last_only`` evaluates the attention for the last query row only (x1 = last position, the
+        other variables range over the whole sequence): the same numbers for that row, at ``1/N`` of
+        the attention cost (``n^2`` instead of ``n^3`` for a cubic polynomial).
+        """
+        h = self.norm1(x)
+        if last_only:
+            ctx = {j: h for j in range(2, self.attn.t + 1)}
+            x = x[:, -1:] + self.attn(h[:, -1:], contexts=ctx)
+        else:
+            x = x + self.attn(h)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -117,6 +129,7 @@ class PolyTransformer(nn.Module):
                 )
         self.vocab_sizes = tuple(int(v) for v in vocab)
         self.readout = readout
+        self.causal = causal
         self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
         self.pos = nn.Embedding(max_len, dim) if max_len else None
         self.blocks = nn.ModuleList(
@@ -153,8 +166,11 @@ class PolyTransformer(nn.Module):
             if n > self.pos.num_embeddings:
                 raise PolyAttentionError(f"sequence length {n} exceeds max_len={self.pos.num_embeddings}")
             h = h + self.pos.weight[:n]
-        for blk in self.blocks:
-            h = blk(h)
+        # With a last-position readout the final block only needs its last row (not under
+        # causality, whose masks are defined on aligned positions).
+        last_only = self.readout == "last" and not self.causal
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, last_only=last_only and i == len(self.blocks) - 1)
         h = self.norm(h)
         if self.readout == "last":
             h = h[:, -1]
