@@ -40,6 +40,8 @@ T -c configs/composition3_m16_tuned.toml
 for s in 1 2; do
   T -c configs/composition3_m16_tuned.toml --set "seeds=[$s]" --set optim.steps=8000 --set "out_dir=\"runs/h3_long_s$s\""
 done
+T -c configs/composition_m25_tuned_cubic.toml --only "strassen"
+T -c configs/composition_m25_tuned_cubic.toml --only "tensor x1*x2*x3"
 T -c configs/composition3_m8_tuned.toml --only "strassen"
 T -c configs/composition3_m8_tuned.toml --only "tensor x1*x2*x3"
 T -c configs/composition3_m8_tuned.toml --only "path h3, x2 x3 value-less" --only "self-attention L1"
@@ -47,7 +49,7 @@ T -c configs/composition3_m8_tuned.toml --only "path h3, x2 x3 value-less" --onl
 # collected summaries, plots and tables
 # (tuned runs first: accuracy_vs_m.png is made from the tuned m = 8 / 16 / 25 runs)
 .venv/bin/python -m polyattn.train.report --out docs/results runs/composition_m8_tuned runs/composition_m16_tuned \
-  runs/composition_m25_tuned runs/composition3_m8_tuned runs/composition3_m16_tuned runs/composition_m25 \
+  runs/composition_m25_tuned runs/composition_m25_tuned_cubic runs/composition3_m8_tuned runs/composition3_m16_tuned runs/composition_m25 \
   runs/composition_m25_long runs/composition_m8 runs/composition_m12 runs/composition3_m16 runs/match3 runs/relation \
   --vs-m composition_m8_tuned composition_m16_tuned composition_m25_tuned
 # shortcut (plateau) rates
