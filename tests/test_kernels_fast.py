@@ -9,6 +9,7 @@ import polyattn
 from polyattn.ops import edge as edge_mod
 from polyattn.ops.edge import edge_attention
 from polyattn.ops.flash import BIAS_FLOOR, flash_edge
+from polyattn.planning import EdgeCausal, EdgeImpl, EdgePlan
 
 F64 = torch.float64
 
@@ -102,8 +103,20 @@ def test_flash_edge_floor_bias_is_exact_zero_weight():
 
 
 # ---------------------------------------------------------------------- one edge, every variant
-def _dense_edge(**kw):
-    return edge_mod._materialised_edge(**kw)
+def _edge_plans(causal, masked, nu, nc):
+    """The flash and the materialised EdgePlan of one edge (causal handling as the planner picks it)."""
+    if causal is None:
+        via = EdgeCausal.NONE
+    elif not masked and causal == "child<=parent":
+        via = EdgeCausal.KERNEL
+    elif not masked and nu == nc:
+        via = EdgeCausal.FLIPPED
+    else:
+        via = EdgeCausal.MASK
+    flash = EdgePlan(1, 2, True, True, masked, causal, EdgeImpl.FLASH, via)
+    dense = EdgePlan(1, 2, True, True, masked, causal, EdgeImpl.MATERIALISED,
+                     EdgeCausal.MASK if causal else EdgeCausal.NONE, row_chunk=max(1, nu // 2))
+    return flash, dense
 
 
 @pytest.mark.parametrize("causal", [None, "child<=parent", "parent<=child"])
@@ -120,9 +133,10 @@ def test_fused_edge_matches_materialised(causal, lens, masked):
     mask = (torch.rand(nu, nc, generator=_g(7)) < 0.6) if masked else None
     if masked:
         mask[0] = False  # a fully masked parent row
-    kw = dict(q_u=q_u, q_c=q_c, v_c=v_c, bias_c=bias, mask=mask, causal=causal, scale=0.8, n_parent=nu)
-    out, lse = edge_attention(**kw)
-    r_out, r_lse = _dense_edge(**kw)
+    kw = dict(q_u=q_u, q_c=q_c, v_c=v_c, bias_c=bias, mask=mask, scale=0.8, n_parent=nu)
+    flash, dense = _edge_plans(causal, masked, nu, nc)
+    out, lse = edge_attention(flash, **kw)
+    r_out, r_lse = edge_attention(dense, **kw)
     assert torch.equal(torch.isinf(lse), torch.isinf(r_lse))
     fin = torch.isfinite(r_lse)
     assert torch.allclose(lse[fin], r_lse[fin], atol=1e-12)
@@ -260,27 +274,25 @@ def test_fused_tree_memory_is_linear():
 @pytest.fixture
 def dense_limit(monkeypatch):
     """Set the planner's row-wise triangle limit; plans are cached, so clear them around the test."""
-    from polyattn.planning import strategy
+    from polyattn.planning import make_plan, plan_cubic
 
     def set_limit(tuples: int) -> None:
-        monkeypatch.setattr(strategy, "DENSE_TRIANGLE_TUPLES", tuples)
-        strategy._cached.cache_clear()
+        monkeypatch.setattr(plan_cubic, "DENSE_TRIANGLE_TUPLES", tuples)
+        make_plan.cache_clear()
 
     yield set_limit
     monkeypatch.undo()
-    strategy._cached.cache_clear()
+    make_plan.cache_clear()
 
 
 @pytest.mark.parametrize("spec", ["x1*x2 + x1*x3 + x2*x3", "x1*x2*x3"])
 @pytest.mark.parametrize("has_v", [(True, True), (False, True), (False, False)])
 @pytest.mark.parametrize("rowwise", [True, False])
 def test_fast_cubic_matches_reference(monkeypatch, dense_limit, spec, has_v, rowwise):
-    from polyattn.ops import cubic
+    from polyattn.ops import trace
+    from polyattn.planning import plan_cubic
 
-    used = []
-    orig = cubic.fast_cubic
-    monkeypatch.setattr("polyattn.ops.elimination.fast_cubic", lambda p, pl: used.append(1) or orig(p, pl))
-    monkeypatch.setattr(cubic, "CHUNK_BYTES", 4096)  # force several row / column chunks
+    monkeypatch.setattr(plan_cubic, "FUSED_CHUNK_BYTES", 4096)  # force several row / column chunks
     # small triangles run row-wise dense; 0 forces the separable-shift kernel
     dense_limit(2**24 if rowwise else 0)
     g = _g(0)
@@ -288,7 +300,9 @@ def test_fast_cubic_matches_reference(monkeypatch, dense_limit, spec, has_v, row
     qs = [torch.randn(*(2,) if j else (3, 2), lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
     vs = [torch.randn(lens[j], 3, generator=g, dtype=F64).requires_grad_(True) if h else None
           for j, h in zip((1, 2), has_v)]
-    _check_vs_reference(spec, qs, vs, method="elimination")
+    with trace.record() as events:
+        _check_vs_reference(spec, qs, vs, method="elimination")
+    used = [e for e, _ in events if e == "fused"]
     assert used
 
 
@@ -301,7 +315,7 @@ def test_fast_triangle_underflow_falls_back_exactly(monkeypatch, dense_limit):
     used = []
     orig = cubic._triangle
     dense_limit(0)
-    monkeypatch.setattr(cubic, "_triangle", lambda p: used.append(orig(p)) or used[-1])
+    monkeypatch.setattr(cubic, "_triangle", lambda *a: used.append(orig(*a)) or used[-1])
     qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
     vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]
     out = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="elimination")
@@ -314,7 +328,7 @@ def test_fast_triangle_underflow_falls_back_exactly(monkeypatch, dense_limit):
 def test_rowwise_triangle_large_logits_exact_without_fallback(monkeypatch):
     from polyattn.ops import cubic
 
-    monkeypatch.setattr(cubic, "_triangle", lambda p: pytest.fail("separable kernel used"))
+    monkeypatch.setattr(cubic, "_triangle", lambda *a: pytest.fail("separable kernel used"))
     g = _g(3)
     qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
     vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]

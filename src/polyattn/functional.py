@@ -1,17 +1,37 @@
-"""``poly_attention``: the one public operation (DESIGN §4)."""
+"""``poly_attention``: the one public op (DESIGN §4), and ``plan_for``.
+
+The flow is ``parse -> spec -> plan -> bind -> run``: :func:`polyattn.ops.prepare` validates the
+tensors and derives the torch-free :class:`~polyattn.planning.ProblemSpec` (parse is cached);
+:func:`polyattn.planning.make_plan` turns the spec into a :class:`~polyattn.planning.Plan`
+(cached); for ``method="approx"`` the plan is refined from the measured tensors (the only
+data-dependent planning step); :func:`polyattn.ops.run` executes the plan's detail.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 
 import torch
 
-from .ops import prepare, run
-from .planning import DEFAULT_MEMORY_BUDGET, Plan
-from .planning.strategy import _cached
+from .errors import PolyAttentionError
+from .ops import Problem, prepare, run
+from .ops.approx import approx_hook
+from .planning import DEFAULT_MEMORY_BUDGET, Method, Plan, make_plan, parse_request
 from .polynomial import AttentionPolynomial
 
 __all__ = ["poly_attention", "plan_for"]
+
+
+def _refine(prob: Problem, pl: Plan, options: Mapping[str, object]) -> Plan:
+    """The data-dependent planning step: ``approx`` chooses its degree from the measured tensors."""
+    if pl.method == Method.APPROX:
+        return approx_hook(prob, pl, options)
+    if options:
+        raise PolyAttentionError(
+            f"unexpected keyword argument(s) {', '.join(sorted(options))} for method={str(pl.method)!r}"
+        )
+    return pl
 
 
 def plan_for(
@@ -28,17 +48,26 @@ def plan_for(
 ) -> Plan:
     """The :class:`Plan` that :func:`poly_attention` would run for these tensors (same ``**options``)."""
     prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
-    pl = _cached(prob.spec, method, int(memory_budget))
-    hook = _OPTION_HOOKS.get(pl.method)
-    if hook is not None:
-        return hook(prob, pl, options)  # type: ignore[operator]
-    if options:
-        raise_unknown_options(pl.method, options)
-    return pl
+    return _refine(prob, make_plan(prob.spec, method, int(memory_budget)), options)
+
+
+def _check_plan_matches(plan: Plan, prob: Problem) -> None:
+    want, got = plan.spec, prob.spec
+    if want == got:
+        return
+    diffs = [
+        f"{f.name}: plan {getattr(want, f.name)!r}, tensors {getattr(got, f.name)!r}"
+        for f in fields(want)
+        if getattr(want, f.name) != getattr(got, f.name)
+    ]
+    raise PolyAttentionError(
+        "the tensors do not match the plan (" + "; ".join(diffs) + "). Make a plan for these shapes "
+        "with polyattn.plan_for(...) or pass the polynomial instead of the plan"
+    )
 
 
 def poly_attention(
-    polynomial: str | AttentionPolynomial,
+    polynomial: str | AttentionPolynomial | Plan,
     queries: Sequence[torch.Tensor],
     values: Sequence[torch.Tensor | None] | None,
     *,
@@ -56,7 +85,10 @@ def poly_attention(
         \; V_2[l_2] \odot \dots \odot V_t[l_t]
 
     Args:
-        polynomial: a spec such as ``"x1*x2 + x2*x3"`` or an :class:`AttentionPolynomial`.
+        polynomial: a spec such as ``"x1*x2 + x2*x3"``, an :class:`AttentionPolynomial`, or a
+            :class:`Plan` (from :func:`polyattn.plan` / :func:`plan_for`) to run without planning
+            again; the tensors must then match the plan's shapes, dtype and device, and
+            ``causal``/``method``/``memory_budget`` come from the plan.
         queries: ``t`` tensors ``[..., n_j, d]``, one per variable (``x1`` first; there are no
             separate keys: a variable's row enters every monomial containing it).
         values: ``t - 1`` entries for ``x2..xt``, each ``[..., n_j, dv]`` or ``None`` (all-ones value).
@@ -66,42 +98,33 @@ def poly_attention(
             component without x1 is rooted at its smallest variable, whose position is <= x1's),
             ``"prefix"`` (every variable <= the query position) or ``True`` (= ``"prefix"``).
         mask: ``{(a, b): bool [..., n_a, n_b]}`` pair masks, 1-based variables, True = allowed.
-        method: ``"auto"`` or an exact method (``"sdpa"``, ``"tree"``, ``"elimination"``,
-            ``"reference"``); an explicit method that cannot handle the input raises.
-            ``"approx"`` is the polynomial method with an a-priori error bound
-            (``tolerance=``, ``degree=``, ``basis=``, ``max_rank=``; see docs/approximation.md).
+        method: ``"auto"`` (the fastest exact method), ``"exact"`` (the same: never an
+            approximation) or a method: ``"sdpa"``, ``"tree"``, ``"elimination"``,
+            ``"reference"``; an explicit method that cannot handle the input raises
+            :class:`~polyattn.MethodError`. ``"approx"`` is the polynomial method with an
+            a-priori error bound (``tolerance=``, ``degree=``, ``basis=``, ``max_rank=``; see
+            docs/approximation.md).
+        memory_budget: working-memory target in bytes; chunk sizes are chosen to stay under it.
 
     Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input
     dtype. A query row with no admissible tuple returns zeros. Returns ``[..., n_1, dv]``.
     """
-    prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
-    pl = _cached(prob.spec, method, int(memory_budget))
-    hook = _OPTION_HOOKS.get(pl.method)
-    if hook is not None:  # hooks may also refine a data-dependent plan (approx: entry bound B)
-        pl = hook(prob, pl, options)  # type: ignore[misc]
-    elif options:
-        raise_unknown_options(pl.method, options)
+    if isinstance(polynomial, Plan):
+        pl = polynomial
+        if method != "auto" and parse_request(method)[1] not in (pl.requested, str(pl.method)):
+            raise PolyAttentionError(
+                f"method={method!r} conflicts with the plan's method {str(pl.method)!r}; "
+                "leave method= at its default when passing a Plan"
+            )
+        prob = prepare(pl.spec.polynomial, queries, values, scale=scale,
+                       causal=causal if causal is not False else pl.spec.causal, mask=mask)
+        _check_plan_matches(pl, prob)
+        if pl.method == Method.APPROX and not options and getattr(pl, "degree", None) is not None:
+            # an approx plan's degree holds for the data it was measured on: re-measure with its options
+            options = pl.refine_options()  # type: ignore[attr-defined]
+    else:
+        prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
+        pl = make_plan(prob.spec, method, int(memory_budget))
+    pl = _refine(prob, pl, options)
     out = run(prob, pl)
     return out.to(prob.out_dtype)
-
-
-#: Methods that accept extra keyword options (e.g. ``tolerance=`` for ``"approx"``) register here.
-#: A hook ``(problem, plan, options) -> plan`` is called for every call of its method (options may be empty).
-_OPTION_HOOKS: dict[str, object] = {}
-
-
-def _register_approx_hook() -> None:
-    from .ops.approx import approx_hook
-
-    _OPTION_HOOKS["approx"] = approx_hook
-
-
-_register_approx_hook()
-
-
-def raise_unknown_options(method: str, options: Mapping[str, object]) -> None:
-    from .errors import PolyAttentionError
-
-    raise PolyAttentionError(
-        f"unexpected keyword argument(s) {', '.join(sorted(options))} for method={method!r}"
-    )

@@ -462,11 +462,3 @@ def approx_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         return _tree(prob, plan, feats)
     return _contract(prob, plan, feats)
 
-
-def _register() -> None:
-    from .dispatch import register_kernel
-
-    register_kernel("approx", approx_attention)
-
-
-_register()

@@ -1,9 +1,9 @@
 """Fused BLAS kernels for the two cubic mechanisms: Strassen (triangle) and ``x1*x2*x3``.
 
-Both are exact and are used by :func:`polyattn.ops.elimination.elimination_attention` when the
-problem is exactly one of these polynomials without masks or causality (``fast_cubic``); every
-other case, and any input where the fast path cannot certify its accuracy, takes the generic
-elimination. Values get an extra all-ones column, whose output is the softmax normaliser.
+Both are exact. The planner (:mod:`polyattn.planning.plan_cubic`) decides when they run and with
+which chunks (:class:`~polyattn.planning.FusedCubic`); the elimination kernel calls
+:func:`fast_cubic` with that decision, and an input where the separable triangle cannot certify
+its accuracy takes the plan's generic elimination steps. Values get an extra all-ones column, whose output is the softmax normaliser.
 
 **Triangle** ``x1*x2 + x1*x3 + x2*x3`` (``a, b, c`` index ``x1, x2, x3``)::
 
@@ -13,12 +13,12 @@ Separable log-shifts keep every factor in (0, 1]: ``E23 = exp(F23 - s3[b])`` (ro
 ``E13 = exp(F13 - s2[a])``, ``E12 = exp(F12 + s3[b] - s1[a])`` (row max of ``F12 + s3``). Then per
 value column ``z``: ``H_z[b, c] = V2[b, z] E23[b, c] V3[c, z]``, ``M_z = E12 @ H_z`` and
 ``out[a, z] = sum_c M_z[a, c] E13[a, c]``, i.e. ``n^3`` multiply-adds per column, done as one
-``[n, n] @ [n, Z*n]`` GEMM per chunk of ``Z`` columns sized by :data:`CHUNK_BYTES` (memory
+``[n, n] @ [n, Z*n]`` GEMM per chunk of ``Z`` columns (the plan's ``col_chunk``; memory
 ``O(n^2)`` per head, never ``n^2 * d``). The shifts
 are an upper bound of the joint max, so a row's normaliser may underflow; if any normaliser is
 below ``sqrt(tiny)`` the result is not trusted and ``None`` is returned (generic path, exact).
 
-**Small triangles** (``batch * n1 * n2 * n3 <= planning.strategy.DENSE_TRIANGLE_TUPLES`` and
+**Small triangles** (``batch * n1 * n2 * n3 <= planning.plan_cubic.DENSE_TRIANGLE_TUPLES`` and
 every ``n <= DENSE_TRIANGLE_MAX_LEN``, decided by the planner) instead run row-wise like
 ``x1*x2*x3`` below, with ``L[r,b,c] = F12[r,b] + F13[r,c] + F23[b,c]``: at training sizes the
 separable kernel's many tiny batched GEMMs cost far more than the ``n^3`` exps, and the exact
@@ -27,7 +27,7 @@ per-row max needs no underflow check.
 **x1*x2*x3**: per chunk of query rows ``R``, ``L[r,b,c] = s * sum_k q1[r,k] q2[b,k] q3[c,k]`` as one
 GEMM ``[R*n2, d] @ [d, n3]``; exact per-row max shift (the dominant term is exactly 1, so nothing
 relevant underflows); ``Y = exp(L - max) @ V3`` (GEMM) and ``out[r] = sum_b Y[r,b] * V2[b]`` (elementwise, summed).
-Memory ``O(R * n^2)`` per head with ``R`` sized by :data:`CHUNK_BYTES`.
+Memory ``O(R * n^2)`` per head with ``R`` the plan's ``row_chunk``.
 
 Both run as plain torch ops, so autograd gives exact gradients (detached shifts are constants);
 in-place updates are used only where autograd does not need the overwritten values.
@@ -37,31 +37,20 @@ from __future__ import annotations
 
 import torch
 
-from ..planning import Plan
-from ..planning.strategy import FUSED_CHUNK_BYTES
+from ..planning import FusedCubic, StepKind
+from . import trace
 from .inputs import Problem
 
-__all__ = ["fast_cubic", "CHUNK_BYTES"]
-
-#: working-set bound of one chunk (bytes); the n x n exp-factors come on top
-CHUNK_BYTES = FUSED_CHUNK_BYTES
-
-TRIANGLE = ((1, 2), (1, 3), (2, 3))
-TENSOR3 = ((1, 2, 3),)
+__all__ = ["fast_cubic"]
 
 
-def fast_cubic(prob: Problem, plan: Plan) -> torch.Tensor | None:
-    """The fused result when ``prob`` is a plain triangle or ``x1*x2*x3``, else None."""
-    if prob.t != 3 or prob.masks or prob.causal:
-        return None
-    monos = prob.spec.polynomial.monomials
-    if monos == TRIANGLE:
-        if plan.steps and plan.steps[0].kind == "fused-triangle-rowwise":  # the planner's choice
-            return _triangle_rowwise(prob)
-        return _triangle(prob)
-    if monos == TENSOR3:
-        return _tensor3(prob)
-    return None
+def fast_cubic(prob: Problem, fused: FusedCubic) -> torch.Tensor | None:
+    """Run the planned fused kernel; ``None`` when the separable triangle declines (underflow)."""
+    if fused.kind == StepKind.FUSED_TRIANGLE:
+        return _triangle(prob, fused.col_chunk)
+    if fused.kind == StepKind.FUSED_TRIANGLE_ROWWISE:
+        return _triangle_rowwise(prob, fused.row_chunk)
+    return _tensor3(prob, fused.row_chunk)
 
 
 def _flat(prob: Problem) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
@@ -97,7 +86,7 @@ def _needs_grad(*xs: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
-def _triangle(prob: Problem) -> torch.Tensor | None:
+def _triangle(prob: Problem, zc: int) -> torch.Tensor | None:
     (q1, q2, q3), (v2, v3), dv = _flat(prob)
     s = prob.scale
     grad = _needs_grad(q1, q2, q3, v2, v3)
@@ -114,10 +103,10 @@ def _triangle(prob: Problem) -> torch.Tensor | None:
     B, n1, n2 = e12.shape
     n3 = e23.shape[-1]
     C = dv + 1
-    zc = max(1, min(C, CHUNK_BYTES // max(1, (n1 + n2) * n3 * B * e12.element_size())))
     outs = []
     for z0 in range(0, C, zc):
         z1 = min(C, z0 + zc)
+        trace.emit("fused", kind="fused-triangle", rows=(0, n1), cols=(z0, z1))
         Z = z1 - z0
         # H[b, z, c] = V2[b, z] E23[b, c] V3[c, z]: both values folded into the right GEMM operand
         h = v2[..., z0:z1].unsqueeze(-1) * e23.unsqueeze(-2)  # [B, n2, Z, n3]
@@ -135,7 +124,7 @@ def _triangle(prob: Problem) -> torch.Tensor | None:
     return _finish(prob, acc, dv)
 
 
-def _tensor3(prob: Problem) -> torch.Tensor:
+def _tensor3(prob: Problem, rc: int) -> torch.Tensor:
     (q1, q2, q3), vs, dv = _flat(prob)
     s = prob.scale
     q3t = (q3 * s).transpose(-1, -2)  # [B, d, n3]
@@ -145,10 +134,10 @@ def _tensor3(prob: Problem) -> torch.Tensor:
         k = (q1[:, r0:r1].unsqueeze(2) * q2.unsqueeze(1)).reshape(B, (r1 - r0) * q2.shape[1], d)
         return torch.matmul(k, q3t)  # [B, R*n2, n3]: the n^3 * d work, one GEMM
 
-    return _rowwise(prob, logits, vs, dv, extra=q1.shape[-1])
+    return _rowwise(prob, logits, vs, dv, rc, "fused-tensor3")
 
 
-def _triangle_rowwise(prob: Problem) -> torch.Tensor:
+def _triangle_rowwise(prob: Problem, rc: int) -> torch.Tensor:
     """Small problems: all ``R x n2 x n3`` logits of a row chunk at once, exact per-row max."""
     (q1, q2, q3), vs, dv = _flat(prob)
     s = prob.scale
@@ -161,10 +150,10 @@ def _triangle_rowwise(prob: Problem) -> torch.Tensor:
         lg = f12[:, r0:r1].unsqueeze(-1) + f13[:, r0:r1].unsqueeze(-2) + f23  # [B, R, n2, n3]
         return lg.reshape(B, (r1 - r0) * n2, n3)
 
-    return _rowwise(prob, logits, vs, dv, extra=0)
+    return _rowwise(prob, logits, vs, dv, rc, "fused-triangle-rowwise")
 
 
-def _rowwise(prob: Problem, logits_fn, vs: list[torch.Tensor], dv: int, *, extra: int) -> torch.Tensor:
+def _rowwise(prob: Problem, logits_fn, vs: list[torch.Tensor], dv: int, rc: int, kind: str) -> torch.Tensor:
     """``out[r] = sum_{b,c} softmax_{b,c}(L[r,b,c]) V2[b] * V3[c]`` per chunk of query rows.
 
     ``logits_fn(r0, r1)`` returns ``L`` for rows ``r0:r1`` as ``[B, R*n2, n3]``. Exact per-row max
@@ -177,11 +166,10 @@ def _rowwise(prob: Problem, logits_fn, vs: list[torch.Tensor], dv: int, *, extra
     n1 = prob.n(1)
     n3 = v3.shape[1]
     grad = torch.is_grad_enabled()
-    per_row = B * n2 * (n3 + 2 * C + extra) * v2.element_size()
-    rc = max(1, min(n1, CHUNK_BYTES // max(1, per_row)))
     outs = []
     for r0 in range(0, n1, rc):
         r1 = min(n1, r0 + rc)
+        trace.emit("fused", kind=kind, rows=(r0, r1), cols=(0, C))
         R = r1 - r0
         lg = logits_fn(r0, r1).reshape(B, R, n2 * n3)
         lam = lg.detach().amax(-1, keepdim=True)

@@ -6,29 +6,30 @@
     lse[i]  = logsumexp_j L[i, j]                      (-inf for a row with nothing admissible)
     out[i]  = softmax_j(L[i]) @ v_c                    (0 for such a row; None when v_c is None)
 
-Two implementations, chosen deterministically by device and dtype (:func:`flash_supported`):
+The implementation and the handling of causality are the plan's (:class:`EdgePlan`, chosen by
+:mod:`polyattn.planning.capability` from the device type and dtype); this module executes them:
 
-* **fused** (CPU, float32/float64, edges with logits): one flash-attention call per edge through
+* ``flash`` (CPU, float32/float64, edges with logits): one flash-attention call per edge through
   :mod:`polyattn.ops.flash`, ``O((n_u + n_c) * (d + dv))`` memory in forward and backward. Causal
   edges use the kernel's ``is_causal`` (``child<=parent`` directly; ``parent<=child`` by reversing
-  both sequences when ``n_u == n_c``); a pair mask is passed as an additive mask (it is an
-  ``n_u x n_c`` input anyway). Rows with no admissible key are found exactly in ``O(n)`` (or from
-  the mask) and set to ``out = 0, lse = -inf``.
-* **materialised** (other devices/dtypes, zero edges without logits): logits chunked over parent
-  rows so memory stays bounded; exact and differentiable through both outputs.
+  both sequences when ``n_u == n_c``) or a triangular mask; a pair mask is passed as an additive
+  mask. Rows with no admissible key are found exactly in ``O(n)`` (or from the mask) and set to
+  ``out = 0, lse = -inf``.
+* ``materialised`` (other devices/dtypes, constrained zero edges): logits in chunks of the plan's
+  ``row_chunk`` parent rows; exact and differentiable through both outputs.
+* ``broadcast`` (zero edge without constraints): one weight vector shared by every parent row.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..planning import EdgeCausal, EdgeImpl, EdgePlan
+from . import trace
 from .common import NEG_INF
-from .flash import BIAS_FLOOR, flash_edge, flash_supported
+from .flash import BIAS_FLOOR, flash_edge
 
-__all__ = ["edge_attention", "EDGE_ROW_CHUNK_ELEMS"]
-
-#: parent-row chunks keep the materialised logits below this many elements
-EDGE_ROW_CHUNK_ELEMS = 2**24
+__all__ = ["edge_attention"]
 
 
 def _causal_bool(kind: str, nu: int, nc: int, device: torch.device) -> torch.Tensor:
@@ -37,19 +38,25 @@ def _causal_bool(kind: str, nu: int, nc: int, device: torch.device) -> torch.Ten
 
 
 def edge_attention(
+    edge: EdgePlan,
     q_u: torch.Tensor | None,
     q_c: torch.Tensor,
     v_c: torch.Tensor | None,
     bias_c: torch.Tensor | None,
     *,
     mask: torch.Tensor | None = None,
-    causal: str | None = None,
     scale: float,
     n_parent: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    if q_u is not None and flash_supported(q_c.device, q_c.dtype):
-        return _fused_edge(q_u, q_c, v_c, bias_c, mask=mask, causal=causal, scale=scale)
-    return _materialised_edge(q_u, q_c, v_c, bias_c, mask=mask, causal=causal, scale=scale, n_parent=n_parent)
+    """Run one planned edge. ``q_u`` is ``None`` for a zero edge (``edge.logits`` False)."""
+    if edge.impl == EdgeImpl.FLASH:
+        assert q_u is not None
+        trace.emit("edge", parent=edge.parent, child=edge.child, impl=str(edge.impl), causal_via=str(edge.causal_via))
+        return _fused_edge(q_u, q_c, v_c, bias_c, mask=mask, causal=edge.causal, via=edge.causal_via, scale=scale)
+    if edge.impl == EdgeImpl.BROADCAST:
+        trace.emit("edge", parent=edge.parent, child=edge.child, impl=str(edge.impl), causal_via=str(edge.causal_via))
+        return _broadcast_edge(q_c, v_c, bias_c, n_parent=n_parent)
+    return _materialised_edge(edge, q_u, q_c, v_c, bias_c, mask=mask, scale=scale, n_parent=n_parent)
 
 
 def _flat(x: torch.Tensor, batch: torch.Size, trailing: int) -> torch.Tensor:
@@ -67,6 +74,7 @@ def _fused_edge(
     *,
     mask: torch.Tensor | None,
     causal: str | None,
+    via: EdgeCausal,
     scale: float,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     nu, nc = q_u.shape[-2], q_c.shape[-2]
@@ -78,17 +86,12 @@ def _fused_edge(
     if mask is not None:
         shapes.append(mask.shape[:-2])
     batch = torch.broadcast_shapes(*shapes)
-    flip = False
-    is_causal = False
-    if causal is not None:
-        if mask is None and causal == "child<=parent":
-            is_causal = True
-        elif mask is None and nu == nc:
-            # j >= i becomes j' <= i' after reversing both sequences.
-            is_causal = flip = True
-        else:
-            cm = _causal_bool(causal, nu, nc, q_c.device)
-            mask = cm if mask is None else (mask & cm)
+    is_causal = via in (EdgeCausal.KERNEL, EdgeCausal.FLIPPED)
+    flip = via == EdgeCausal.FLIPPED  # j >= i becomes j' <= i' after reversing both sequences
+    if via == EdgeCausal.MASK:
+        assert causal is not None
+        cm = _causal_bool(causal, nu, nc, q_c.device)
+        mask = cm if mask is None else (mask & cm)
     q = _flat(q_u, batch, 2)
     k = _flat(q_c, batch, 2)
     v = _flat(v_c, batch, 2) if v_c is not None else None
@@ -143,37 +146,47 @@ def _fused_edge(
     return out, lse
 
 
+def _broadcast_edge(
+    q_c: torch.Tensor,
+    v_c: torch.Tensor | None,
+    bias_c: torch.Tensor | None,
+    *,
+    n_parent: int,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Zero edge without constraints: the same weights for every parent row."""
+    logits = bias_c if bias_c is not None else torch.zeros(q_c.shape[:-1], dtype=q_c.dtype, device=q_c.device)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    ok = torch.isfinite(lse)
+    safe = torch.where(ok, logits, torch.zeros_like(logits))
+    lse_s = torch.logsumexp(safe, dim=-1, keepdim=True)
+    out = None
+    if v_c is not None:
+        w = torch.exp(safe - lse_s)
+        o = w.unsqueeze(-2) @ v_c  # [..., 1, dv]
+        out = torch.where(ok.unsqueeze(-1), o, torch.zeros_like(o))
+        out = out.expand(*out.shape[:-2], n_parent, out.shape[-1])
+    lse = torch.where(ok, lse_s, torch.full_like(lse_s, NEG_INF)).expand(*lse.shape[:-1], n_parent)
+    return out, lse
+
+
 def _materialised_edge(
+    edge: EdgePlan,
     q_u: torch.Tensor | None,
     q_c: torch.Tensor,
     v_c: torch.Tensor | None,
     bias_c: torch.Tensor | None,
     *,
     mask: torch.Tensor | None,
-    causal: str | None,
     scale: float,
     n_parent: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     nc = q_c.shape[-2]
-    if causal is not None:
-        cm = _causal_bool(causal, n_parent, nc, q_c.device)
+    if edge.causal is not None:
+        cm = _causal_bool(edge.causal, n_parent, nc, q_c.device)
         mask = cm if mask is None else (mask & cm)
-    if q_u is None and mask is None:
-        # Zero edge without constraints: the same weights for every parent row.
-        logits = bias_c if bias_c is not None else torch.zeros(q_c.shape[:-1], dtype=q_c.dtype, device=q_c.device)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        ok = torch.isfinite(lse)
-        safe = torch.where(ok, logits, torch.zeros_like(logits))
-        lse_s = torch.logsumexp(safe, dim=-1, keepdim=True)
-        out = None
-        if v_c is not None:
-            w = torch.exp(safe - lse_s)
-            o = w.unsqueeze(-2) @ v_c  # [..., 1, dv]
-            out = torch.where(ok.unsqueeze(-1), o, torch.zeros_like(o))
-            out = out.expand(*out.shape[:-2], n_parent, out.shape[-1])
-        lse = torch.where(ok, lse_s, torch.full_like(lse_s, NEG_INF)).expand(*lse.shape[:-1], n_parent)
-        return out, lse
-    rows = max(1, EDGE_ROW_CHUNK_ELEMS // max(1, nc))
+    rows = edge.row_chunk
+    trace.emit("edge", parent=edge.parent, child=edge.child, impl=str(edge.impl),
+               causal_via=str(edge.causal_via), row_chunk=rows)
     outs, lses = [], []
     for r0 in range(0, n_parent, rows):
         sl = slice(r0, min(n_parent, r0 + rows))

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..planning import Plan
+from ..planning import EliminationDetail, Plan, StepKind
+from . import trace
 from .common import NEG_INF, expand_to, letters
 from .cubic import fast_cubic
 from .inputs import Problem
@@ -218,47 +219,49 @@ def _index_copy(x: torch.Tensor, dim: int, idx: torch.Tensor, src: torch.Tensor)
     return x.index_copy(dim, idx, src)
 
 
-def _eliminate(
-    problem: Problem,
-    plan: Plan,
+def _run_steps(
+    prob: Problem,
+    detail: EliminationDetail,
+    indices: list[int],
     values: list[torch.Tensor | None],
-    factors: list[_Factor],
-    msgs: list[_Msg],
-    steps: list,
-) -> tuple[list[_Factor], list[_Msg]]:
-    for st in steps:
-        v = st.var
-        fs = [f for f in factors if v in f.scope]
-        ms = [m for m in msgs if v in m.scope]
-        factors = [f for f in factors if v not in f.scope]
-        msgs = [m for m in msgs if v not in m.scope]
-        scope = tuple(sorted({v}.union(*[f.scope for f in fs], *[m.scope for m in ms])))
-        if st.kind.endswith("factored") and len(fs) + len(ms) >= 2 and len(scope) > 1:
-            new = _factored_step(v, scope, fs, ms, values[v])
+    factors: dict[tuple[int, ...], _Factor],
+    msgs: dict[int, _Msg],
+    cols: tuple[int, int],
+    rows: tuple[int, int] | None,
+) -> None:
+    """Run the planned steps ``indices``; each adds its message to ``msgs`` under its index."""
+    for i in indices:
+        st = detail.steps[i]
+        fs = [factors[s] for s in st.factors]
+        ms = [msgs[j] for j in st.messages]
+        trace.emit("elim", step=i, var=st.var, kind=str(st.kind), rows=rows, cols=cols)
+        if st.kind == StepKind.FACTORED:
+            msgs[i] = _factored_step(st.var, st.scope, fs, ms, values[st.var])
         else:
-            new = _dense_step(v, scope, fs, ms, values[v], like=problem.q[1], n_v=problem.n(v))
-        msgs.append(new)
-    return factors, msgs
+            msgs[i] = _dense_step(st.var, st.scope, fs, ms, values[st.var], like=prob.q[1], n_v=prob.n(st.var))
 
 
 def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
-    if plan.fused:  # fused BLAS kernels for the plain triangle and x1*x2*x3 (ops/cubic.py)
-        fast = fast_cubic(prob, plan)
+    detail = plan.detail
+    assert isinstance(detail, EliminationDetail)
+    if detail.fused is not None:  # fused BLAS kernels for the plain triangle and x1*x2*x3 (ops/cubic.py)
+        fast = fast_cubic(prob, detail.fused)
         if fast is not None:
             return fast
-        # None: a triangle row's normaliser could have underflowed; the generic steps are exact.
+        # None: a separable-shift normaliser could have underflowed; the planned generic steps are exact.
+        trace.emit("fallback")
     t = prob.t
     dv = prob.dv
     has_any_value = any(prob.v[j] is not None for j in range(2, t + 1))
-    cc = max(1, min(plan.channel_chunk or dv, dv))
+    cc = detail.channel_chunk
     n1 = prob.n(1)
-    rc = max(1, min(plan.row_chunk or n1, n1))
-    generic = [s for s in plan.steps if not s.kind.startswith("fused")]
-    global_steps = [s for s in generic if not s.depends_on_query]
-    query_steps = [s for s in generic if s.depends_on_query]
+    rc = detail.row_chunk
+    global_idx = [i for i, st in enumerate(detail.steps) if not st.depends_on_query]
+    query_idx = [i for i, st in enumerate(detail.steps) if st.depends_on_query]
     col_chunks = range(0, dv, cc) if has_any_value else [0]
     outs = []
     for c0 in col_chunks:
+        cols = (c0, min(dv, c0 + cc))
         vals: list[torch.Tensor | None] = [None] * (t + 1)
         for j in range(2, t + 1):
             vj = prob.v[j]
@@ -267,18 +270,19 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
                 ones = torch.ones((), dtype=prob.dtype, device=prob.device).expand(*part.shape[:-1], 1)
                 vals[j] = torch.cat([part, ones], dim=-1)
         # Factors and steps that do not involve x1 are computed once for all query rows.
-        all_f = _build_factors(prob, None) if rc >= n1 else None
+        one_chunk = rc >= n1
+        all_f = _build_factors(prob, None) if one_chunk else None
         free_f = _build_factors(prob, None, "free") if all_f is None else [f for f in all_f if 1 not in f.scope]
-        rest_f, pre_msgs = _eliminate(prob, plan, vals, free_f, [], global_steps)
+        pre: dict[int, _Msg] = {}
+        _run_steps(prob, detail, global_idx, vals, {f.scope: f for f in free_f}, pre, cols, None)
         row_outs = []
         for r0 in range(0, n1, rc):
             rows = slice(r0, min(n1, r0 + rc))
-            if all_f is not None:
-                dep_f = [f for f in all_f if 1 in f.scope]
-            else:
-                dep_f = _build_factors(prob, rows, "query")
-            _, msgs = _eliminate(prob, plan, vals, rest_f + dep_f, list(pre_msgs), query_steps)
-            row_outs.append(_finish(prob, msgs, rows.stop - rows.start, has_any_value))
+            dep_f = [f for f in all_f if 1 in f.scope] if all_f is not None else _build_factors(prob, rows, "query")
+            msgs = dict(pre)
+            factors = {f.scope: f for f in free_f + dep_f}
+            _run_steps(prob, detail, query_idx, vals, factors, msgs, cols, (rows.start, rows.stop))
+            row_outs.append(_finish(prob, [msgs[i] for i in detail.final], rows.stop - rows.start, has_any_value))
         outs.append(torch.cat(row_outs, dim=-2) if len(row_outs) > 1 else row_outs[0])
     return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 

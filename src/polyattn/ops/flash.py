@@ -35,18 +35,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["flash_edge", "flash_supported", "BIAS_FLOOR"]
+__all__ = ["flash_edge", "BIAS_FLOOR"]
 
 #: stands in for a ``-inf`` key bias inside the kernel (finite, so the backward never multiplies 0 by inf)
 BIAS_FLOOR = -1.0e30
 
 _FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
-def flash_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the fused op serves this device/dtype (a static property, never a runtime fallback)."""
-    return device.type == "cpu" and dtype in (torch.float32, torch.float64)
 
 
 def _pad(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -222,6 +222,8 @@ def prepare(
         mask_pairs=tuple(masks),
         has_values=tuple(v is not None for v in values),
         itemsize=torch.empty((), dtype=dtype).element_size(),
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
     )
     q_list: list[torch.Tensor | None] = [None]
     q_list += [q.to(dtype) for q in queries]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..planning import Plan
+from . import trace
 from .common import NEG_INF, expand_to, letters
 from .inputs import Problem
 
@@ -18,6 +19,7 @@ __all__ = ["reference_attention"]
 
 
 def reference_attention(prob: Problem, plan: Plan) -> torch.Tensor:
+    trace.emit("reference")
     t = prob.t
     allv = tuple(range(1, t + 1))
     f64 = torch.float64

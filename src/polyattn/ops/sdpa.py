@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..planning import Plan
+from . import trace
 from .inputs import Problem
 
 __all__ = ["sdpa_attention"]
@@ -15,6 +16,7 @@ def sdpa_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     q, k = prob.q[1], prob.q[2]
     assert q is not None and k is not None
     v = prob.v[2]
+    trace.emit("sdpa")
     if v is None:
         v = torch.ones((), dtype=prob.dtype, device=prob.device).expand(*k.shape[:-1], 1)
     mask = prob.pair_mask(1, 2)

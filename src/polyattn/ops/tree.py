@@ -7,15 +7,16 @@ masks/causality). Leaves first, for each edge (parent u, child c)::
     logZ_u += logsumexp_rows(L)
     M_u    *= softmax(L) @ M_c              (M_c = V_c * prod of c's incoming messages)
 
-The output is ``M_1`` (rows with no admissible tuple are 0). Each edge is one attention pass with
-a key bias; :mod:`polyattn.ops.edge` provides the kernel (fused flash attention when possible).
+The output is ``M_1`` (rows with no admissible tuple are 0). The edges, their order, their
+implementation and their causal handling are the plan's (:class:`~polyattn.planning.TreeDetail`);
+:mod:`polyattn.ops.edge` runs each one.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..planning import Plan
+from ..planning import Plan, TreeDetail
 from .edge import edge_attention
 from .inputs import Problem
 
@@ -23,39 +24,35 @@ __all__ = ["tree_attention"]
 
 
 def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
-    parent = plan.parent_map()
-    logz: dict[int, torch.Tensor | None] = {}
-    msg: dict[int, torch.Tensor | None] = {}
-    for c in plan.order:
-        u = parent[c]
+    detail = plan.detail
+    assert isinstance(detail, TreeDetail)
+    logz: dict[int, torch.Tensor] = {}
+    msg: dict[int, torch.Tensor] = {}
+    for e in detail.edges:
+        u, c = e.parent, e.child
         # finalise c: its value times the product of its children's messages (already folded in)
         m_c = msg.get(c)
         v_c = prob.v[c]
         if v_c is not None:
             m_c = v_c if m_c is None else m_c * v_c
-        has_logits = (min(u, c), max(u, c)) in set(prob.spec.polynomial.monomials)
-        causal = None
-        if (u, c) in prob.causal:
-            causal = "child<=parent"
-        elif (c, u) in prob.causal:
-            causal = "parent<=child"
-        key = (min(u, c), max(u, c))
-        mask = prob.masks.get(key)
+        mask = prob.masks.get((min(u, c), max(u, c))) if e.masked else None
         if mask is not None and u > c:
             mask = mask.transpose(-1, -2)
+        q_c = prob.q[c]
+        assert q_c is not None
         out, lse = edge_attention(
-            prob.q[u] if has_logits else None,
-            prob.q[c],
+            e,
+            prob.q[u] if e.logits else None,
+            q_c,
             m_c,
-            logz.get(c),
+            logz.get(c) if e.bias else None,
             mask=mask,
-            causal=causal,
             scale=prob.scale,
             n_parent=prob.n(u),
         )
-        logz[u] = lse if logz.get(u) is None else logz[u] + lse
+        logz[u] = lse if u not in logz else logz[u] + lse
         if out is not None:
-            msg[u] = out if msg.get(u) is None else msg[u] * out
+            msg[u] = out if u not in msg else msg[u] * out
     lz = logz.get(1)
     m1 = msg.get(1)
     n1 = prob.n(1)

@@ -69,9 +69,8 @@ from .approx_bound import (  # noqa: F401 - re-exported
     relative_error_interval,
     taylor_ratio,
 )
-from .plan import Plan, Step, _fmt_bytes, _fmt_flops
+from .plan import DEFAULT_MEMORY_BUDGET, Plan, Step, _fmt_bytes, _fmt_flops
 from .spec import ProblemSpec
-from .strategy import DEFAULT_MEMORY_BUDGET, register_planner
 from .structure_ext import rooted_forest
 
 __all__ = [
@@ -231,6 +230,8 @@ class ApproxPlan(Plan):
     degree depends on the measured entry bound and is chosen at call time.
     """
 
+    order: tuple[int, ...] = ()  # tree strategy: post-order of the non-root variables
+    parents: tuple[tuple[int, int], ...] = ()  # tree strategy: (child, parent)
     strategy: str = "tree"  # "tree" (feature message passing) or "contract" (opt_einsum path)
     degree: int | None = None
     basis: str = DEFAULT_BASIS
@@ -250,6 +251,12 @@ class ApproxPlan(Plan):
     summaries: tuple[tuple[int, str], ...] = ()  # contract strategy: (variable, summary expression)
     path: tuple[tuple[int, ...], ...] = ()
     largest_intermediate: float = 0.0
+
+    def refine_options(self) -> dict[str, object]:
+        """The options that chose this plan's degree, to re-refine it on new tensors."""
+        if self.degree_forced:
+            return {"degree": self.degree, "basis": self.basis}
+        return {"tolerance": self.tolerance, "basis": self.basis}
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -488,8 +495,8 @@ def _plan_contract(spec: ProblemSpec, r: int, p: int, memory_budget: int) -> dic
                 peak=peak_elems * spec.itemsize, summary_elems=t_total)
 
 
-def _structure_plan(spec: ProblemSpec, budget: int) -> ApproxPlan:
-    """The registered planner: structure only (the degree needs the tensors' entry bound)."""
+def plan_structure(spec: ProblemSpec, budget: int) -> ApproxPlan:
+    """The planner-table entry: structure only (the degree needs the tensors' entry bound)."""
     strategy, parent, post = _structure(spec)
     steps = _steps(spec, strategy, parent, post, rank=0)
     return ApproxPlan(
@@ -643,5 +650,3 @@ def plan_approx(
         einsum=einsum, operands=operands, path=path, largest_intermediate=largest, summaries=summaries,
     )
 
-
-register_planner("approx", _structure_plan, auto=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import PolyAttentionError
 from ..polynomial import AttentionPolynomial, parse
+from .capability import ITEMSIZE
 
 __all__ = ["ProblemSpec", "CAUSAL_MODES", "normalize_causal"]
 
@@ -41,6 +42,8 @@ class ProblemSpec:
     mask_pairs: frozenset[tuple[int, int]] = frozenset()
     has_values: tuple[bool, ...] = ()
     itemsize: int = 4
+    device: str = "cpu"  # device type of the tensors (plain string: planning stays torch-free)
+    dtype: str = "float32"  # compute dtype (float16/bfloat16 inputs compute in float32)
 
     @classmethod
     def build(
@@ -55,6 +58,8 @@ class ProblemSpec:
         mask_pairs: object = (),
         has_values: tuple[bool, ...] | None = None,
         itemsize: int = 4,
+        device: str = "cpu",
+        dtype: str | None = None,
     ) -> ProblemSpec:
         p = parse(polynomial)
         t = p.num_variables
@@ -78,6 +83,12 @@ class ProblemSpec:
                     f"mask key {pair!r}: expected a pair (a, b) of distinct variables in 1..{t}"
                 )
             pairs.add((min(a, b), max(a, b)))
+        if dtype is None:
+            dtype = {8: "float64"}.get(int(itemsize), "float32")
+        elif dtype not in ITEMSIZE:
+            raise PolyAttentionError(f"dtype must be one of {', '.join(ITEMSIZE)}, got {dtype!r}")
+        else:
+            itemsize = ITEMSIZE[dtype]
         hv = tuple(has_values) if has_values is not None else (True,) * (t - 1)
         return cls(
             polynomial=p,
@@ -89,6 +100,8 @@ class ProblemSpec:
             mask_pairs=frozenset(pairs),
             has_values=hv,
             itemsize=int(itemsize),
+            device=str(device),
+            dtype=dtype,
         )
 
     @property
