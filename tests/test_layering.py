@@ -11,6 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "polyattn"
 # unless they are the same package.
 RANK = {
     "errors": 0,
+    "atomicio": 0,
+    "timing": 0,
     "polynomial": 1,
     "planning": 2,
     "ops": 3,

@@ -1,8 +1,8 @@
-"""Measurement primitives: interleaved median timing, peak-memory growth, atomic JSON, exponent fits.
+"""Measurement primitives: peak-memory growth here; timing, medians and exponent fits come from
+:mod:`polyattn.timing` and atomic JSON from :mod:`polyattn.atomicio` (re-exported).
 
-* **Time**: candidates of one case are timed *round-robin* (rep 1 of every candidate, then rep 2,
-  ...), so a burst of load from other processes hits all of them alike and their ratios stay
-  meaningful on a shared machine. The statistic is the median of ``repeats`` runs after ``warmup``.
+* **Time** (:func:`polyattn.timing.time_interleaved`): candidates of one case are timed
+  round-robin; the statistic is the median of ``repeats`` runs after ``warmup``.
 * **Memory** (measured after all timings): growth of the process's peak resident set while ``fn`` runs, read from
   ``/proc/self/status`` after resetting the watermark through ``/proc/self/clear_refs`` (Linux).
   glibc is told (``mallopt``) to serve every block above 64 KiB with ``mmap`` and to trim eagerly,
@@ -16,18 +16,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import json
-import math
 import os
-import statistics
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+from ..atomicio import atomic_write_json
+from ..timing import fit_exponent, median, time_interleaved
 
-__all__ = ["time_interleaved", "peak_memory_growth", "memory_supported", "write_json_atomic", "fit_exponent"]
+__all__ = ["time_interleaved", "median", "peak_memory_growth", "memory_supported", "write_json_atomic", "fit_exponent"]
 
 _MALLOC_TUNED = False
 _LIBC = None
@@ -94,52 +90,6 @@ def peak_memory_growth(fn: Callable[[], Any], *, collect: bool = False) -> int |
     return max(0, peak - base)
 
 
-def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call for each candidate, measured round-robin; returns all samples per name.
-
-    The allocator is left as it is (a tuned one would penalise implementations made of many ops).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return samples
-
-
-def median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def fit_exponent(ns: Sequence[float], ts: Sequence[float]) -> float | None:
-    """Slope of log(t) vs log(n) (None with fewer than 2 distinct n)."""
-    pts = [(n, t) for n, t in zip(ns, ts) if n > 0 and t and t > 0 and math.isfinite(t)]
-    if len({n for n, _ in pts}) < 2:
-        return None
-    x = np.log([n for n, _ in pts])
-    y = np.log([t for _, t in pts])
-    return float(np.polyfit(x, y, 1)[0])
-
-
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically (:func:`polyattn.atomicio.atomic_write_json`)."""
+    atomic_write_json(path, obj, indent=1)

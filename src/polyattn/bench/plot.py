@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
-from .measure import fit_exponent
+from ..atomicio import atomic_save_figure
+from ..timing import fit_exponent
 
 __all__ = ["plot_kernels"]
 
@@ -48,15 +46,7 @@ def plot_kernels(doc: dict, path: str) -> None:
         else:
             ax.text(0.5, 0.5, "one n per series: nothing to fit", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        atomic_save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -60,15 +60,23 @@ def _row_bytes(spec: ProblemSpec, kind: StepKind) -> int:
     return spec.batch * n2 * (n3 + 2 * _channels(spec) + extra) * spec.itemsize
 
 
-def fused_cubic(spec: ProblemSpec, kind: StepKind) -> FusedCubic:
-    """Chunks of the fused kernel ``kind`` for ``spec``."""
+def fused_cubic(spec: ProblemSpec, kind: StepKind, budget: int) -> FusedCubic:
+    """Chunks of the fused kernel ``kind`` for ``spec``: a chunk's working set stays below
+    :data:`FUSED_CHUNK_BYTES` and the whole call below ``budget`` where one row / column allows."""
     n1, n2, n3 = spec.seq_lens
     C = _channels(spec)
+    b, isz = spec.batch, spec.itemsize
     if kind == StepKind.FUSED_TRIANGLE:
-        per_col = (n1 + n2) * n3 * spec.batch * spec.itemsize
-        zc = max(1, min(C, FUSED_CHUNK_BYTES // max(1, per_col)))
+        factors = (n1 * n2 + n1 * n3 + n2 * n3) * b * isz
+        per_col = (n1 + n2) * n3 * b * isz
+        room = min(FUSED_CHUNK_BYTES, (budget - factors) // 2)
+        zc = max(1, min(C, room // max(1, per_col)))
         return FusedCubic(kind, row_chunk=n1, col_chunk=zc, fallback=True)
-    rows = max(1, min(n1, FUSED_CHUNK_BYTES // max(1, _row_bytes(spec, kind))))
+    if kind == StepKind.FUSED_TENSOR3:
+        room = min(FUSED_CHUNK_BYTES, budget // 2)
+    else:
+        room = min(FUSED_CHUNK_BYTES, budget - (n1 * n2 + n1 * n3 + n2 * n3) * b * isz)
+    rows = max(1, min(n1, room // max(1, _row_bytes(spec, kind))))
     return FusedCubic(kind, row_chunk=rows, col_chunk=C, fallback=False)
 
 

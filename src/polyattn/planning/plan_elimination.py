@@ -146,7 +146,7 @@ def plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
     reason = _reason(spec, order, width, exponent)
     kind = fused_kind(spec)
     if kind is not None:
-        fc = fused_cubic(spec, kind)
+        fc = fused_cubic(spec, kind, budget)
         f_flops, f_mem = fused_cost(spec, fc)
         if f_mem > budget:
             notes.append(f"the fused {'x1*x2*x3' if kind == StepKind.FUSED_TENSOR3 else 'triangle'} kernel "

@@ -2,7 +2,7 @@
 
 ``measure(h)`` times ``polyattn.poly_attention(h, ...)`` (``method="auto"``, float32, batch 1) at
 a geometric range of sequence lengths ``n``, keeps the best of a few repeats per size, and fits
-``log time = e * log n + c`` with ``numpy.polyfit`` (single-threaded by default, see ``threads``). The prediction is the planner's
+``log time = e * log n + c`` (:func:`polyattn.timing.fit_exponent`) (single-threaded by default, see ``threads``). The prediction is the planner's
 ``Plan.exponent`` (``n^2`` for trees, ``n^(width+1)`` for elimination). Small ``n`` is dominated
 by fixed overheads, so the default sizes start where the leading term dominates on a laptop CPU;
 the fitted exponent is a measurement (recorded in ``docs/theory.md``), never a unit-test threshold.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..atomicio import atomic_save_figure
 from ..errors import PolyAttentionError
 from ..functional import poly_attention
 from ..planning import plan
 from ..polynomial import AttentionPolynomial, parse
+from ..timing import fit_exponent
 
 __all__ = ["MeasureResult", "measure", "default_sizes", "plot_measurement"]
 
@@ -113,7 +114,8 @@ def measure(
         times, method = _time_sizes(p, sizes, head_dim, repeats, gen)
     finally:
         torch.set_num_threads(old_threads)
-    slope = float(np.polyfit(np.log(np.asarray(sizes, float)), np.log(np.asarray(times)), 1)[0])
+    slope = fit_exponent(sizes, times)
+    assert slope is not None  # sizes hold >= 2 distinct values
     return MeasureResult(str(p), method, sizes, tuple(times), slope, predicted, head_dim, repeats)
 
 
@@ -164,15 +166,8 @@ def plot_measurement(results: Sequence[MeasureResult], path: str | os.PathLike[s
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
+        atomic_save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

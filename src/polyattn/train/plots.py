@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomicio import atomic_save_figure
+
 __all__ = ["plot_curves"]
 
 
@@ -55,9 +57,7 @@ def plot_curves(histories: dict[str, dict[int, list[dict[str, Any]]]], out_dir: 
             ax.set_title(title)
         fig.tight_layout()
         p = out / fname
-        tmp = out / f".{fname}.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        atomic_save_figure(fig, p, dpi=110)
         plt.close(fig)
-        tmp.replace(p)
         paths.append(p)
     return paths
