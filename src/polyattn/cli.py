@@ -1,24 +1,29 @@
 """``polyattn`` command line: ``analyze``, ``bench``, ``train``, ``demo``.
 
-Each subcommand lives next to the code it drives and registers itself through a
-``add_parser(subparsers)`` function returning the handler; this module only wires them up.
+Each subcommand lives next to the code it drives and exposes ``add_parser(subparsers)``; this
+module imports them statically (an error in one is an error, never a vanished subcommand) and
+only wires them up.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+
+from . import demo
+from .bench import cli as bench_cli
+from .theory import cli as theory_cli
+from .train import cli as train_cli
 
 __all__ = ["main", "build_parser"]
 
 # (subcommand, module providing add_parser)
 _SUBCOMMANDS = [
-    ("analyze", "polyattn.theory.cli"),
-    ("bench", "polyattn.bench.cli"),
-    ("train", "polyattn.train.cli"),
-    ("demo", "polyattn.demo"),
+    ("analyze", theory_cli),
+    ("bench", bench_cli),
+    ("train", train_cli),
+    ("demo", demo),
 ]
 
 
@@ -28,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Poly-attention: analyse, benchmark and train higher-order attention mechanisms.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(n for n, _ in _SUBCOMMANDS) + "}")
-    for _name, module in _SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith(module.rsplit(".", 1)[0]):
-                continue  # subcommand not built yet
-            raise
+    for _name, mod in _SUBCOMMANDS:
         mod.add_parser(sub)
     return parser
 

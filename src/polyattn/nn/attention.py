@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import PolyAttentionError
 from ..functional import poly_attention
+from ..planning import plan
 from ..polynomial import AttentionPolynomial, parse
 
 __all__ = ["PolyAttention"]
@@ -96,6 +97,9 @@ class PolyAttention(nn.Module):
         self.causal = causal
         self.scale = scale
         self.method = method
+        # Fail at construction, not at the first forward: the method must exist and handle this
+        # polynomial with this causal mode (masks given at forward time are checked then).
+        plan(self.polynomial, seq_len=2, head_dim=dim_head, causal=causal, method=method)
         cdims = dict(context_dims or {})
         bad = [j for j in cdims if not (isinstance(j, int) and 1 <= j <= self.t)]
         if bad:
@@ -151,7 +155,7 @@ class PolyAttention(nn.Module):
         ctx: dict[int, torch.Tensor] = {}
         if contexts is not None:
             if isinstance(contexts, Mapping):
-                items = list(contexts.items())
+                items: list[tuple[int, torch.Tensor | None]] = list(contexts.items())
             else:
                 if len(contexts) != self.t:
                     raise PolyAttentionError(

@@ -78,7 +78,7 @@ def _value_operand(v: torch.Tensor | None, k: torch.Tensor, width: int) -> torch
 
 class _FlashEdge(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -119,7 +119,7 @@ class _FlashEdge(torch.autograd.Function):
         return (out[..., :dv] if v is not None else None), lse
 
     @staticmethod
-    def backward(ctx, g_out: torch.Tensor | None, g_lse: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx, g_out: torch.Tensor | None, g_lse: torch.Tensor | None):
         qa, ka, va, out, lse, attn_mask = ctx.saved_tensors
         d, dv, hb, is_causal, op_scale, scale, bias_as_mask = ctx.meta
         if bias_as_mask:
@@ -176,4 +176,4 @@ def flash_edge(
     ``(out [B, 1, Lq, dv] or None, lse [B, 1, Lq])``; rows with no admissible key come back with
     unspecified finite values, which the caller overwrites.
     """
-    return _FlashEdge.apply(q, k, v, bias, attn_mask, is_causal, scale)  # type: ignore[no-any-return]
+    return _FlashEdge.apply(q, k, v, bias, attn_mask, is_causal, scale)

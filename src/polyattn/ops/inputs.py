@@ -102,7 +102,7 @@ def prepare(
             f"queries: expected {t} tensors (one per variable x1..x{t} of {p}), got {len(queries)}"
         )
     if values is None:
-        values = [None for _ in range(t - 1)]  # type: ignore[misc]
+        values = [None for _ in range(t - 1)]
     if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
         raise PolyAttentionError(
             f"values: expected a list of {t - 1} entries (x2..x{t}), each a tensor [..., n_j, dv] or None"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..polynomial import AttentionPolynomial
 from .details import Detail, EliminationDetail, StepKind, TreeDetail
 from .methods import Method
 from .spec import ProblemSpec
@@ -128,7 +129,7 @@ class Plan:
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # the budget the plan was made for (bytes)
 
     @property
-    def polynomial(self):  # noqa: ANN201 - AttentionPolynomial
+    def polynomial(self) -> AttentionPolynomial:
         return self.spec.polynomial
 
     @property
@@ -181,7 +182,7 @@ class Plan:
     def parent_map(self) -> dict[int, int]:
         return dict(self.parents)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         s = self.spec
         return {
             "polynomial": str(s.polynomial),

@@ -16,7 +16,7 @@ __all__ = ["plan_tree", "EDGE_ROW_CHUNK_ELEMS"]
 EDGE_ROW_CHUNK_ELEMS = 2**24
 
 
-def _edge(spec: ProblemSpec, u: int, c: int, logits: bool, bias: bool, causal_pairs: frozenset) -> EdgePlan:
+def _edge(spec: ProblemSpec, u: int, c: int, logits: bool, bias: bool, causal_pairs: frozenset[tuple[int, int]]) -> EdgePlan:
     key = (min(u, c), max(u, c))
     masked = key in spec.mask_pairs
     causal = "child<=parent" if (u, c) in causal_pairs else "parent<=child" if (c, u) in causal_pairs else None
