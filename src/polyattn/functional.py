@@ -18,9 +18,10 @@ from .errors import PolyAttentionError
 from .ops import Problem, prepare, run
 from .ops.approx import approx_hook
 from .planning import DEFAULT_MEMORY_BUDGET, Method, Plan, make_plan, parse_request
-from .polynomial import AttentionPolynomial
+from .planning.structure_ext import padding_partners
+from .polynomial import AttentionPolynomial, parse
 
-__all__ = ["poly_attention", "plan_for"]
+__all__ = ["poly_attention", "plan_for", "key_padding_masks"]
 
 
 def _refine(prob: Problem, pl: Plan, options: Mapping[str, object]) -> Plan:
@@ -128,3 +129,49 @@ def poly_attention(
     pl = _refine(prob, pl, options)
     out = run(prob, pl)
     return out.to(prob.out_dtype)
+
+
+def key_padding_masks(
+    polynomial: str | AttentionPolynomial,
+    keep: torch.Tensor,
+    *,
+    variables: Sequence[int] | None = None,
+    heads: bool = True,
+    lengths: Sequence[int] | None = None,
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Pair masks that exclude padded positions of the non-query variables (True = real token).
+
+    ``keep`` is ``[B, n]`` bool over the shared token set. A padded position of a variable ``x_j``
+    (``j >= 2``, default every one, or those in ``variables``) is excluded by a mask on one pair that
+    already is a factor containing ``x_j`` (its tree edge, or a pair inside a monomial), so a tree
+    stays a tree and the masks stay one row each (``[B, 1, 1, n]`` views, ``O(n)`` memory): the
+    planner keeps them broadcast. A variable in no monomial is paired with ``x1``. Query rows
+    (``x1``) are not masked: a padded query row computes something harmless that callers ignore.
+    ``heads=True`` leaves a singleton head dim (masks ``[B, 1, n_a, n_b]``) for ``[B, H, n, d]`` inputs.
+    ``lengths``: each variable's sequence length when they differ (e.g. ``x1`` on one row).
+    """
+    p = polynomial if isinstance(polynomial, AttentionPolynomial) else parse(polynomial)
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.dim() != 2:
+        raise PolyAttentionError(
+            f"key_padding_mask: expected a bool tensor [batch, n] (True = real token), got "
+            f"{getattr(keep, 'dtype', type(keep).__name__)} {list(getattr(keep, 'shape', []))}"
+        )
+    t = p.num_variables
+    want = tuple(range(2, t + 1)) if variables is None else tuple(variables)
+    bad = [j for j in want if not (isinstance(j, int) and 2 <= j <= t)]
+    if bad:
+        raise PolyAttentionError(f"key padding applies to non-query variables 2..{t}, got {bad}")
+    b, n = keep.shape
+    lens = [n] * t if lengths is None else [int(x) for x in lengths]
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for j, partner in padding_partners(p).items():
+        if j not in want:
+            continue
+        a, c = min(partner, j), max(partner, j)
+        row = keep[:, None, None, :] if heads else keep[:, None, :]  # masks x_j's positions
+        if j == c:  # x_j indexes the columns of the (a, c) mask
+            m = row.expand(*row.shape[:-2], lens[a - 1], n)
+        else:  # x_j indexes the rows
+            m = row.transpose(-1, -2).expand(*row.shape[:-2], n, lens[c - 1])
+        out[(a, c)] = out[(a, c)] & m if (a, c) in out else m
+    return out

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import PolyAttentionError
-from ..functional import poly_attention
+from ..functional import key_padding_masks, poly_attention
 from ..planning import plan
 from ..polynomial import AttentionPolynomial, parse
 
@@ -141,12 +141,16 @@ class PolyAttention(nn.Module):
         x: torch.Tensor,
         contexts: Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None] | None = None,
         mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: ``[B, N, dim]`` → ``[B, N, dim]``.
 
         ``contexts`` gives cross-attention inputs per variable, either ``{j: [B, n_j, dim_j]}``
         (1-based) or a length-``t`` sequence whose ``None`` entries mean ``x``. ``mask`` is a
         pair-mask dict as in :func:`polyattn.poly_attention` (True = allowed).
+        ``key_padding_mask``: ``[B, n]`` bool, True = real token, over the token set of the non-query
+        variables (all of length ``n``); padded positions enter no tuple
+        (:func:`polyattn.key_padding_masks`: one row-broadcast mask per variable, trees stay trees).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise PolyAttentionError(
@@ -178,6 +182,18 @@ class PolyAttention(nn.Module):
         queries = [self._split(self.to_q[j](inp), self.dim_head) for j, inp in enumerate(inputs)]
         proj = {j: self._split(lin(inputs[j - 1]), self.value_dim_head) for j, lin in zip(self._value_vars, self.to_v)}
         values = [proj.get(j) for j in range(2, self.t + 1)]
+        if key_padding_mask is not None:
+            lens = {inputs[j - 1].shape[1] for j in range(2, self.t + 1)}
+            if key_padding_mask.dim() != 2 or lens != {key_padding_mask.shape[-1]} or key_padding_mask.shape[0] != x.shape[0]:
+                raise PolyAttentionError(
+                    f"key_padding_mask must be bool [batch={x.shape[0]}, n] with n the length of the "
+                    f"non-query variables' tokens ({sorted(lens)}), got shape {tuple(key_padding_mask.shape)}"
+                )
+            pad = key_padding_masks(self.polynomial, key_padding_mask, lengths=[inp.shape[1] for inp in inputs])
+            merged = dict(mask or {})
+            for k, m in pad.items():
+                merged[k] = merged[k] & m if k in merged else m
+            mask = merged
         out = poly_attention(
             self.polynomial,
             queries,

@@ -58,19 +58,32 @@ class PolyBlock(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``[B, N, dim]`` → ``[B, N, dim]``, or ``[B, 1, dim]`` (the last position) if ``last_only``.
+    def forward(
+        self,
+        x: torch.Tensor,
+        last_only: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, N, dim]`` → ``[B, N, dim]``, or ``[B, 1, dim]`` (one position) if ``last_only``.
 
-        ``last_only`` evaluates the attention for the last query row only (x1 = last position, the
+        ``last_only`` evaluates the attention for one query row only (x1 = that position, the
         other variables range over the whole sequence): the same numbers for that row, at ``1/N`` of
-        the attention cost (``n^2`` instead of ``n^3`` for a cubic polynomial).
+        the attention cost (``n^2`` instead of ``n^3`` for a cubic polynomial). The row is the last
+        one, or ``last_index[b]`` per batch entry. ``key_padding_mask`` ``[B, N]`` (True = real
+        token) keeps padded positions out of every tuple.
         """
         h = self.norm1(x)
         if last_only:
             ctx = {j: h for j in range(2, self.attn.t + 1)}
-            x = x[:, -1:] + self.attn(h[:, -1:], contexts=ctx)
+            if last_index is None:
+                rows_x, rows_h = x[:, -1:], h[:, -1:]
+            else:
+                sel = last_index.view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+                rows_x, rows_h = x.gather(1, sel), h.gather(1, sel)
+            x = rows_x + self.attn(rows_h, contexts=ctx, key_padding_mask=key_padding_mask)
         else:
-            x = x + self.attn(h)
+            x = x + self.attn(h, key_padding_mask=key_padding_mask)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -149,8 +162,12 @@ class PolyTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``)."""
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``).
+
+        ``key_padding_mask``: ``[B, N]`` bool, True = real token (right padding): padded positions
+        enter no attention tuple, and ``readout="last"`` reads each sequence's last real token.
+        """
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(-1)
         if tokens.dim() != 3 or tokens.shape[-1] != len(self.embeds):
@@ -169,9 +186,25 @@ class PolyTransformer(nn.Module):
         # With a last-position readout the final block only needs its last row (not under
         # causality, whose masks are defined on aligned positions).
         last_only = self.readout == "last" and not self.causal
+        last_index = None
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != tokens.shape[:2] or key_padding_mask.dtype != torch.bool:
+                raise PolyAttentionError(
+                    f"key_padding_mask must be bool [batch, seq] = {list(tokens.shape[:2])} (True = real "
+                    f"token), got {key_padding_mask.dtype} {list(key_padding_mask.shape)}"
+                )
+            # right padding: the last real token of each sequence (position 0 if all padded)
+            last_index = (key_padding_mask.long().sum(1) - 1).clamp_(min=0)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, last_only=last_only and i == len(self.blocks) - 1)
+            final = last_only and i == len(self.blocks) - 1
+            h = blk(h, last_only=final, key_padding_mask=key_padding_mask,
+                    last_index=last_index if final else None)
         h = self.norm(h)
         if self.readout == "last":
-            h = h[:, -1]
+            if last_only:
+                h = h[:, -1]
+            elif last_index is not None:
+                h = h.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, h.shape[-1])).squeeze(1)
+            else:
+                h = h[:, -1]
         return self.head(h)

@@ -32,5 +32,24 @@ KERNELS: dict[Method, Kernel] = {
 
 
 def run(prob: Problem, plan: Plan) -> torch.Tensor:
-    """Execute ``plan`` on ``prob`` (the plan was made for ``prob.spec``)."""
-    return KERNELS[Method(plan.method)](prob, plan)
+    """Execute ``plan`` on ``prob`` (the plan was made for ``prob.spec``).
+
+    Kernels compute in the problem's compute dtype with autocast off (an enclosing
+    ``torch.autocast`` would otherwise run the logits GEMMs in bf16/fp16: half inputs already
+    accumulate in float32, DESIGN §5). An empty problem returns without running a kernel.
+    """
+    if plan.spec.empty:
+        return _empty_output(prob)
+    with torch.autocast(device_type=prob.device.type, enabled=False):
+        return KERNELS[Method(plan.method)](prob, plan)
+
+
+def _empty_output(prob: Problem) -> torch.Tensor:
+    """SDPA's convention: ``[..., 0, dv]`` when ``n_1 = 0``, zeros when a key set is empty. The
+    zeros stay connected to the inputs (zero gradients) so that ``backward()`` works as usual."""
+    out = torch.zeros((*prob.batch_shape, prob.n(1), prob.dv), dtype=prob.dtype, device=prob.device)
+    inputs = [x for x in (*prob.q, *prob.v) if x is not None]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        link = sum(x.sum() for x in inputs)
+        out = torch.where(torch.zeros_like(out, dtype=torch.bool), link, out)
+    return out

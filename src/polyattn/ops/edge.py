@@ -95,43 +95,46 @@ def _fused_edge(
     q = _flat(q_u, batch, 2)
     k = _flat(q_c, batch, 2)
     v = _flat(v_c, batch, 2) if v_c is not None else None
-    finite = None
+    # Child rows without mass (log-mass -inf: structurally empty subtrees) become a finite floor
+    # inside the kernel; NaN stays NaN so that it propagates (the NaN rule, docs/numerics.md).
+    mass = None
     bias = None
     if bias_c is not None:
-        finite = torch.isfinite(bias_c.detach())
-        if bool(finite.all()):
-            finite = None  # common case: every child row has mass, so no row can be empty
-            bias = _flat(bias_c, batch, 1)
-        else:
-            bias = _flat(torch.where(finite, bias_c, torch.full_like(bias_c, BIAS_FLOOR)), batch, 1)
+        mass = bias_c.detach() != NEG_INF
+        bias = _flat(torch.where(mass, bias_c, torch.full_like(bias_c, BIAS_FLOOR)), batch, 1)
     if flip:
         q, k = q.flip(-2), k.flip(-2)
         v = v.flip(-2) if v is not None else None
         bias = bias.flip(-1) if bias is not None else None
     add_mask = None
     if mask is not None:
+        if mask.shape[-2] != 1 and mask.stride(-2) == 0:
+            mask = mask[..., :1, :]  # a key mask (e.g. padding) stays one row: O(n) floats, not n^2
         zero = torch.zeros((), dtype=q.dtype, device=q.device)
         add = torch.where(mask, zero, torch.full_like(zero, NEG_INF))
-        add_mask = add.reshape(nu, nc) if all(s == 1 for s in mask.shape[:-2]) else _flat(add, batch, 2)
+        if all(s == 1 for s in mask.shape[:-2]):
+            add_mask = add.reshape(mask.shape[-2:])
+        else:
+            add_mask = _flat(add, torch.broadcast_shapes(batch, mask.shape[:-2]), 2)
     out, lse = flash_edge(q, k, v, bias, attn_mask=add_mask, is_causal=is_causal, scale=scale)
-    # Rows with no admissible key (all masked, or every admissible key has bias -inf), found exactly.
+    # Rows with no admissible key (all masked, or every admissible key without mass), found exactly.
     empty = None
     if mask is not None:
-        allowed = mask if finite is None else (mask & finite.unsqueeze(-2))
+        allowed = mask if mass is None else (mask & mass.unsqueeze(-2))
         empty = ~allowed.any(-1)
-    elif finite is not None and is_causal:
-        # kernel frame: row i sees keys j <= i, so it is empty iff no finite bias up to min(i, nc-1)
-        fin_k = _flat(finite, batch, 1)
+    elif mass is not None and is_causal:
+        # kernel frame: row i sees keys j <= i, so it is empty iff no key with mass up to min(i, nc-1)
+        has = _flat(mass, batch, 1)
         if flip:
-            fin_k = fin_k.flip(-1)
-        prefix = fin_k.to(torch.int32).cummax(-1).values.bool()
+            has = has.flip(-1)
+        prefix = has.to(torch.int32).cummax(-1).values.bool()
         idx = torch.arange(nu, device=q.device).clamp_(max=nc - 1)
         empty = ~prefix.index_select(-1, idx)
         if flip:
             empty = empty.flip(-1)
         empty = empty.reshape(*batch, nu)
-    elif finite is not None:
-        empty = ~finite.any(-1, keepdim=True)
+    elif mass is not None:
+        empty = ~mass.any(-1, keepdim=True)
     if flip:
         out = out.flip(-2) if out is not None else None
         lse = lse.flip(-1)
@@ -156,7 +159,7 @@ def _broadcast_edge(
     """Zero edge without constraints: the same weights for every parent row."""
     logits = bias_c if bias_c is not None else torch.zeros(q_c.shape[:-1], dtype=q_c.dtype, device=q_c.device)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    ok = torch.isfinite(lse)
+    ok = lse != NEG_INF  # NaN passes: it propagates
     safe = torch.where(ok, logits, torch.zeros_like(logits))
     lse_s = torch.logsumexp(safe, dim=-1, keepdim=True)
     out = None
@@ -199,7 +202,7 @@ def _materialised_edge(
         if mask is not None:
             logits = logits.masked_fill(~mask[..., sl, :], NEG_INF)
         mx = logits.detach().amax(-1, keepdim=True)
-        ok = torch.isfinite(mx)
+        ok = mx != NEG_INF  # NaN passes: it propagates
         safe = torch.where(ok, logits, torch.zeros_like(logits))
         lse = torch.logsumexp(safe, dim=-1)
         if v_c is not None:

@@ -55,11 +55,12 @@ def _threshold(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).tiny) ** 0.5
 
 
-def _build_factors(prob: Problem, rows: slice | None, which: str = "all") -> list[_Factor]:
+def _build_factors(prob: Problem, rows: slice | None, which: str = "all", data: bool = True) -> list[_Factor]:
     """Monomial factors with the masks folded in; pair masks with no monomial become 0/-inf factors.
 
     ``which``: ``"all"``, ``"query"`` (only factors containing x1, built on ``rows`` of x1) or
-    ``"free"`` (only factors without x1, built once when query rows are chunked).
+    ``"free"`` (only factors without x1, built once when query rows are chunked). ``data=False``:
+    monomial logits are 0 (only the constraints count; see ``_admissible_rows``).
     """
     q = list(prob.q)
     if rows is not None:
@@ -71,6 +72,10 @@ def _build_factors(prob: Problem, rows: slice | None, which: str = "all") -> lis
     out: dict[tuple[int, ...], torch.Tensor] = {}
     for mono in prob.spec.polynomial.monomials:
         if not wanted(mono):
+            continue
+        if not data:
+            sizes = [(rows.stop - rows.start) if (v == 1 and rows is not None) else prob.n(v) for v in mono]
+            out[mono] = torch.zeros([*prob.batch_shape, *sizes], dtype=prob.dtype, device=prob.device)
             continue
         if len(mono) == 2:
             a, b = mono
@@ -228,13 +233,14 @@ def _run_steps(
     msgs: dict[int, _Msg],
     cols: tuple[int, int],
     rows: tuple[int, int] | None,
+    event: str = "elim",
 ) -> None:
     """Run the planned steps ``indices``; each adds its message to ``msgs`` under its index."""
     for i in indices:
         st = detail.steps[i]
         fs = [factors[s] for s in st.factors]
         ms = [msgs[j] for j in st.messages]
-        trace.emit("elim", step=i, var=st.var, kind=str(st.kind), rows=rows, cols=cols)
+        trace.emit(event, step=i, var=st.var, kind=str(st.kind), rows=rows, cols=cols)
         if st.kind == StepKind.FACTORED:
             msgs[i] = _factored_step(st.var, st.scope, fs, ms, values[st.var])
         else:
@@ -260,6 +266,7 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     query_idx = [i for i, st in enumerate(detail.steps) if st.depends_on_query]
     col_chunks = range(0, dv, cc) if has_any_value else [0]
     outs = []
+    zeros: list[torch.Tensor] = []  # per query-row chunk of the first column chunk: normaliser == 0
     for c0 in col_chunks:
         cols = (c0, min(dv, c0 + cc))
         vals: list[torch.Tensor | None] = [None] * (t + 1)
@@ -275,20 +282,36 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         free_f = _build_factors(prob, None, "free") if all_f is None else [f for f in all_f if 1 not in f.scope]
         pre: dict[int, _Msg] = {}
         _run_steps(prob, detail, global_idx, vals, {f.scope: f for f in free_f}, pre, cols, None)
-        row_outs = []
+        row_outs: list[torch.Tensor] = []
         for r0 in range(0, n1, rc):
             rows = slice(r0, min(n1, r0 + rc))
             dep_f = [f for f in all_f if 1 in f.scope] if all_f is not None else _build_factors(prob, rows, "query")
             msgs = dict(pre)
             factors = {f.scope: f for f in free_f + dep_f}
             _run_steps(prob, detail, query_idx, vals, factors, msgs, cols, (rows.start, rows.stop))
-            row_outs.append(_finish(prob, [msgs[i] for i in detail.final], rows.stop - rows.start, has_any_value))
+            quot, z = _finish([msgs[i] for i in detail.final])
+            row_outs.append(quot.expand(*prob.batch_shape, rows.stop - rows.start, quot.shape[-1]))
+            if not outs:  # the normaliser is the same in every column chunk
+                zeros.append(z.expand(*prob.batch_shape, rows.stop - rows.start))
         outs.append(torch.cat(row_outs, dim=-2) if len(row_outs) > 1 else row_outs[0])
-    return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+    out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+    if prob.masks or prob.causal:
+        # The NaN rule: a zero normaliser means "no admissible tuple" (-> 0) only if the masks and
+        # causality say so; from data (infinite inputs) it stays NaN. Decided by a mask-only pass.
+        zero = torch.cat(zeros, dim=-1) if len(zeros) > 1 else zeros[0]
+        if prob.spec.functorch or bool(zero.any()):
+            empty = zero & ~_admissible_rows(prob, detail)
+            out = torch.where(empty.unsqueeze(-1), torch.zeros((), dtype=out.dtype, device=out.device), out)
+    return out
 
 
-def _finish(prob: Problem, msgs: list[_Msg], rows: int, has_any_value: bool) -> torch.Tensor:
-    """Multiply the final messages (scopes {x1} or {}) and divide by the ones column."""
+def _finish(msgs: list[_Msg]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiply the final messages (scopes {x1} or {}) and divide by the ones column.
+
+    Returns ``(rows [..., r, dv], zero [..., r])``: rows whose normaliser is exactly 0 come back NaN
+    (the caller zeroes those with no admissible tuple); the division never sees a 0 denominator,
+    so no NaN reaches the gradients of the other rows.
+    """
     prod = None
     chan = False
     for m in msgs:
@@ -301,12 +324,34 @@ def _finish(prob: Problem, msgs: list[_Msg], rows: int, has_any_value: bool) -> 
         prod = x if prod is None else prod * x
     if prod is None:  # t == 1 cannot happen (degree >= 2); keep a clear failure
         raise RuntimeError("no messages to combine")
-    if not chan:
-        den = prod[..., 0]
-        out = (den > 0).to(prob.dtype).unsqueeze(-1)
+    den = prod[..., -1:]
+    zero = den == 0
+    nan = torch.full((), float("nan"), dtype=prod.dtype, device=prod.device)
+    if not chan:  # every variable value-less: the output is exactly 1 (NaN propagates)
+        quot = torch.where(torch.isnan(den), nan, torch.ones_like(den))
     else:
-        den = prod[..., -1]
-        num = prod[..., :-1]
-        ok = (den > 0).unsqueeze(-1)
-        out = torch.where(ok, num / torch.where(ok, den.unsqueeze(-1), torch.ones_like(den.unsqueeze(-1))), torch.zeros_like(num))
-    return out.expand(*prob.batch_shape, rows, out.shape[-1])
+        quot = prod[..., :-1] / torch.where(zero, torch.ones_like(den), den)
+    return torch.where(zero, nan, quot), zero.squeeze(-1)
+
+
+def _admissible_rows(prob: Problem, detail: EliminationDetail) -> torch.Tensor:
+    """``[..., n1]`` bool: rows with at least one admissible tuple under the masks and causality
+    alone, by the planned elimination on the constraint factors (monomial logits set to 0, no
+    values): the count of admissible tuples, in one channel."""
+    with torch.no_grad():
+        n1 = prob.n(1)
+        free = {f.scope: f for f in _build_factors(prob, None, "free", data=False)}
+        pre: dict[int, _Msg] = {}
+        vals: list[torch.Tensor | None] = [None] * (prob.t + 1)
+        glob = [i for i, st in enumerate(detail.steps) if not st.depends_on_query]
+        query = [i for i, st in enumerate(detail.steps) if st.depends_on_query]
+        _run_steps(prob, detail, glob, vals, free, pre, (0, 0), None, "admissible")
+        out = []
+        for r0 in range(0, n1, detail.row_chunk):
+            rows = slice(r0, min(n1, r0 + detail.row_chunk))
+            msgs = dict(pre)
+            dep = {f.scope: f for f in _build_factors(prob, rows, "query", data=False)}
+            _run_steps(prob, detail, query, vals, {**free, **dep}, msgs, (0, 0), (rows.start, rows.stop), "admissible")
+            _, zero = _finish([msgs[i] for i in detail.final])
+            out.append((~zero).expand(*prob.batch_shape, rows.stop - rows.start))
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]

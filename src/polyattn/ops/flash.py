@@ -35,6 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import PolyAttentionError
+
 __all__ = ["flash_edge", "BIAS_FLOOR"]
 
 #: stands in for a ``-inf`` key bias inside the kernel (finite, so the backward never multiplies 0 by inf)
@@ -76,10 +78,38 @@ def _value_operand(v: torch.Tensor | None, k: torch.Tensor, width: int) -> torch
     return va
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """The op reads the head dim as contiguous: any other last-dim stride (a transposed, sliced or
+    expanded view) gives silently wrong results, so such views are copied; everything else (expanded
+    batch or sequence dims, permuted leading dims) is passed as it is."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward refuses: marks gradients that cannot be differentiated again."""
+
+    @staticmethod
+    def forward(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return xs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        pass
+
+    @staticmethod
+    def backward(ctx, *gs: torch.Tensor):  # noqa: ANN001, ANN205
+        raise PolyAttentionError(
+            "double backward through a fused flash tree edge (method='tree' on CPU float32/float64) is "
+            "not supported: its backward is one fused ATen op without a derivative. Methods that support "
+            "double backward: 'elimination' (generic steps), 'reference', and 'tree' on other devices"
+        )
+
+
 class _FlashEdge(torch.autograd.Function):
+    """``(out_full, lse)``: ``out_full`` is the op's output at its padded head width."""
+
     @staticmethod
     def forward(
-        ctx,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor | None,
@@ -87,10 +117,10 @@ class _FlashEdge(torch.autograd.Function):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         scale: float,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k = _unit(q), _unit(k)
         d = q.shape[-1]
         dv = v.shape[-1] if v is not None else 0
-        hb = bias is not None
         if bias is not None and attn_mask is None:
             # The bias enters as a broadcast additive mask [B, 1, 1, Lk]: no augmented copies of q
             # and k in the forward (their build costs ~10% of the call at n = 1024). The backward
@@ -100,35 +130,46 @@ class _FlashEdge(torch.autograd.Function):
             out, lse = _FWD(
                 _pad(q, width), _pad(k, width), va, 0.0, is_causal,
                 attn_mask=bias.unsqueeze(-2).to(q.dtype), scale=scale,
-            )
-            ctx.save_for_backward(q, k, va, out, lse, bias)
-            ctx.meta = (d, dv, hb, is_causal, 1.0, scale, True)
-            ctx.set_materialize_grads(False)
-            return (out[..., :dv] if v is not None else None), lse
-        width = max(d + hb, dv, 1)
+            )[:2]
+            return out, lse
+        width = max(d + (bias is not None), dv, 1)
         if bias is not None:
             qa, ka = _augment(q, k, bias, scale, width)
             op_scale = 1.0
         else:
             qa, ka, op_scale = _pad(q, width), _pad(k, width), scale
         va = _value_operand(v, k, width)
-        out, lse = _FWD(qa, ka, va, 0.0, is_causal, attn_mask=attn_mask, scale=op_scale)
-        ctx.save_for_backward(qa, ka, va, out, lse, attn_mask)
-        ctx.meta = (d, dv, hb, is_causal, op_scale, scale, False)
-        ctx.set_materialize_grads(False)
-        return (out[..., :dv] if v is not None else None), lse
+        out, lse = _FWD(qa, ka, va, 0.0, is_causal, attn_mask=attn_mask, scale=op_scale)[:2]
+        return out, lse
 
     @staticmethod
-    def backward(ctx, g_out: torch.Tensor | None, g_lse: torch.Tensor | None):
-        qa, ka, va, out, lse, attn_mask = ctx.saved_tensors
-        d, dv, hb, is_causal, op_scale, scale, bias_as_mask = ctx.meta
-        if bias_as_mask:
-            # Rebuild the augmented operands the forward skipped; their logits equal the forward's.
-            q, k, bias = qa, ka, attn_mask
-            width = max(d + 1, dv, 1)
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        q, k, v, bias, attn_mask, is_causal, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, bias, attn_mask, out, lse)
+        ctx.meta = (is_causal, scale)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(out) if v is None else None
+
+    @staticmethod
+    def backward(ctx, g_full: torch.Tensor | None, g_lse: torch.Tensor | None):  # noqa: ANN001, ANN205
+        q, k, v, bias, attn_mask, out, lse = ctx.saved_tensors
+        is_causal, scale = ctx.meta
+        q, k = _unit(q), _unit(k)
+        d = q.shape[-1]
+        dv = v.shape[-1] if v is not None else 0
+        hb = bias is not None
+        if hb and attn_mask is None:
+            attn_mask = None  # the forward's bias-as-mask: its logits equal the augmented ones
+        width = max(d + hb, dv, 1)
+        if hb:
             qa, ka = _augment(q, k, bias, scale, width)
-            va, out, attn_mask = _pad(va, width), _pad(out, width), None
-        width = out.shape[-1]
+            op_scale = 1.0
+        else:
+            qa, ka, op_scale = _pad(q, width), _pad(k, width), scale
+        va = _value_operand(v, k, width)
+        out = _pad(out, width)[..., :width]
+        g_out = None if g_full is None or v is None else g_full[..., :dv]
         if g_out is None:
             g_out = torch.zeros((*out.shape[:-1], dv), dtype=out.dtype, device=out.device)
         if g_lse is not None:
@@ -148,14 +189,49 @@ class _FlashEdge(torch.autograd.Function):
             out = o
         else:
             g = _pad(g_out.to(out.dtype), width).contiguous()
+            out = out.contiguous()
         dq, dk, dva = _BWD(
             g, qa, ka, va, out, lse, 0.0, is_causal, attn_mask=attn_mask, scale=op_scale
         )
         gq = dq[..., :d] * scale if hb else dq[..., :d]
         gk = dk[..., :d]
         gb = dk[..., d] if hb else None
-        gv = dva[..., :dv] if ctx.needs_input_grad[2] else None
+        gv = dva[..., :dv] if (v is not None and ctx.needs_input_grad[2]) else None
+        if torch.is_grad_enabled():  # create_graph=True: these gradients cannot be differentiated again
+            marked = _NoDoubleBackward.apply(*(x for x in (gq, gk, gv, gb) if x is not None))
+            it = iter(marked)
+            gq, gk, gv, gb = (next(it) if x is not None else None for x in (gq, gk, gv, gb))
         return gq, gk, gv, gb, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, bias, attn_mask, is_causal, scale):  # noqa: ANN001, ANN205
+        """torch.func.vmap: fold the vmapped dim into the batch dim ``B`` (the op is batched over B)."""
+        size = info.batch_size
+
+        def fold(x: torch.Tensor | None, dim: int | None, lead: int) -> torch.Tensor | None:
+            # x is [B, ...] (or a 2-D mask [Lq, Lk] when lead == 0); returns [V*B, ...]
+            if x is None:
+                return None
+            x = x.unsqueeze(0).expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
+            if lead == 0:  # shared 2-D mask -> [V, 1, Lq, Lk]
+                return x.unsqueeze(1)
+            return x.reshape(-1, *x.shape[2:])
+
+        B = next(x.shape[0] if dim is None else x.shape[1 if dim == 0 else 0]
+                 for x, dim in ((q, in_dims[0]), (k, in_dims[1])))
+        qf, kf = fold(q, in_dims[0], 1), fold(k, in_dims[1], 1)
+        vf = fold(v, in_dims[2], 1)
+        bf = fold(bias, in_dims[3], 1)
+        mf = None
+        if attn_mask is not None:
+            mdim = attn_mask.dim() - (in_dims[4] is not None)
+            if mdim == 2:
+                m = fold(attn_mask, in_dims[4], 0)  # [V, 1, Lq, Lk]
+                mf = m.unsqueeze(1).expand(size, B, *m.shape[1:]).reshape(-1, *m.shape[1:])
+            else:
+                mf = fold(attn_mask, in_dims[4], 1)
+        out, lse = _FlashEdge.apply(qf, kf, vf, bf, mf, is_causal, scale)
+        return (out.reshape(size, -1, *out.shape[1:]), lse.reshape(size, -1, *lse.shape[1:])), (0, 0)
 
 
 def flash_edge(
@@ -176,4 +252,5 @@ def flash_edge(
     ``(out [B, 1, Lq, dv] or None, lse [B, 1, Lq])``; rows with no admissible key come back with
     unspecified finite values, which the caller overwrites.
     """
-    return _FlashEdge.apply(q, k, v, bias, attn_mask, is_causal, scale)
+    out, lse = _FlashEdge.apply(q, k, v, bias, attn_mask, is_causal, scale)
+    return (out[..., : v.shape[-1]] if v is not None else None), lse

@@ -81,16 +81,12 @@ def _shape(x: torch.Tensor) -> str:
     return "[" + ", ".join(map(str, x.shape)) + "]"
 
 
-def prepare(
-    polynomial: str | AttentionPolynomial,
-    queries: Sequence[torch.Tensor],
-    values: Sequence[torch.Tensor | None] | None,
-    *,
-    scale: float | None = None,
-    causal: object = False,
-    mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
-) -> Problem:
-    p = parse(polynomial)
+def _is_functorch(x: torch.Tensor) -> bool:
+    """Whether ``x`` is wrapped by a torch.func transform (vmap's batched tensors)."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
+def _check_lists(p: AttentionPolynomial, queries: object, values: object) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor | None]]:
     t = p.num_variables
     if isinstance(queries, torch.Tensor) or not isinstance(queries, Sequence):
         raise PolyAttentionError(
@@ -111,6 +107,11 @@ def prepare(
         raise PolyAttentionError(
             f"values: expected {t - 1} entries (one for each of x2..x{t}; x1 has no value), got {len(values)}"
         )
+    return queries, values
+
+
+def _check_queries(queries: Sequence[torch.Tensor]) -> int:
+    """Validate the queries; returns the head dim ``d``."""
     for j, q in enumerate(queries, 1):
         if not isinstance(q, torch.Tensor):
             raise PolyAttentionError(f"queries[{j - 1}] (x{j}): expected a tensor, got {type(q).__name__}")
@@ -120,8 +121,8 @@ def prepare(
             )
         if not q.is_floating_point():
             raise PolyAttentionError(f"queries[{j - 1}] (x{j}): expected a floating tensor, got {q.dtype}")
-        if q.shape[-2] < 1 or q.shape[-1] < 1:
-            raise PolyAttentionError(f"queries[{j - 1}] (x{j}): empty sequence or head dim, shape {_shape(q)}")
+        if q.shape[-1] < 1:
+            raise PolyAttentionError(f"queries[{j - 1}] (x{j}): empty head dim, shape {_shape(q)}")
     d = queries[0].shape[-1]
     for j, q in enumerate(queries, 1):
         if q.shape[-1] != d:
@@ -129,7 +130,11 @@ def prepare(
                 f"queries[{j - 1}] (x{j}): head dim {q.shape[-1]} does not match queries[0]'s {d}; "
                 "every variable's projection must have the same head dim d"
             )
-    device = queries[0].device
+    return int(d)
+
+
+def _check_values(queries: Sequence[torch.Tensor], values: Sequence[torch.Tensor | None]) -> int | None:
+    """Validate the values; returns the common value dim (``None`` when every variable is value-less)."""
     dv: int | None = None
     for j, v in enumerate(values, 2):
         if v is None:
@@ -151,7 +156,84 @@ def prepare(
             raise PolyAttentionError(
                 f"values[{j - 2}] (x{j}): value dim {v.shape[-1]} differs from the other values' {dv}"
             )
-    tensors = [q for q in queries] + [v for v in values if v is not None]
+    return dv
+
+
+def _check_masks(
+    mask: object, queries: Sequence[torch.Tensor], t: int, device: torch.device
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Canonical ``(a < b) -> bool [..., n_a, n_b]``; several masks on one pair are and-ed."""
+    masks: dict[tuple[int, int], torch.Tensor] = {}
+    if mask is None:
+        return masks
+    if not isinstance(mask, Mapping):
+        raise PolyAttentionError(
+            "mask: expected a dict {(a, b): bool tensor [..., n_a, n_b]} with 1-based variables"
+        )
+    for key, m in mask.items():
+        if (
+            not isinstance(key, tuple) or len(key) != 2
+            or not all(isinstance(k, int) and not isinstance(k, bool) for k in key)
+            or key[0] == key[1] or not (1 <= key[0] <= t and 1 <= key[1] <= t)
+        ):
+            raise PolyAttentionError(
+                f"mask key {key!r}: expected a pair (a, b) of distinct 1-based variables in 1..{t}"
+            )
+        a, b = key
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise PolyAttentionError(
+                f"mask[{key}]: expected a bool tensor (True = the pair may attend), got "
+                f"{getattr(m, 'dtype', type(m).__name__)}"
+            )
+        na, nb = queries[a - 1].shape[-2], queries[b - 1].shape[-2]
+        if m.dim() < 2 or tuple(m.shape[-2:]) != (na, nb):
+            raise PolyAttentionError(
+                f"mask[{key}]: expected shape [..., {na}, {nb}] (n_x{a}, n_x{b}), got {_shape(m)}"
+            )
+        if m.device != device:
+            raise PolyAttentionError(f"mask[{key}] is on {m.device}, inputs are on {device}")
+        if a > b:
+            a, b, m = b, a, m.transpose(-1, -2)
+        masks[(a, b)] = masks[(a, b)] & m if (a, b) in masks else m
+    return masks
+
+
+def mask_layout(m: torch.Tensor) -> str:
+    """``"rows"``: the same for every row (a key mask, e.g. padding: stride 0 or size 1 on dim -2);
+    ``"cols"``: the same for every column; ``"full"``: a genuine ``n_a x n_b`` mask."""
+    if m.shape[-2] == 1 or m.stride(-2) == 0:
+        return "rows"
+    if m.shape[-1] == 1 or m.stride(-1) == 0:
+        return "cols"
+    return "full"
+
+
+def _check_scale(scale: object, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise PolyAttentionError(f"scale: expected a finite float or None (1/sqrt(d)), got {scale!r}")
+    return float(scale)
+
+
+def prepare(
+    polynomial: str | AttentionPolynomial,
+    queries: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor | None] | None,
+    *,
+    scale: float | None = None,
+    causal: object = False,
+    mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+) -> Problem:
+    """Validate one call's inputs and derive its torch-free :class:`ProblemSpec` (shapes, dtype,
+    device type, mask pairs and layouts, causal mode, functorch transform)."""
+    p = parse(polynomial)
+    t = p.num_variables
+    queries, vals = _check_lists(p, queries, values)
+    d = _check_queries(queries)
+    dv = _check_values(queries, vals)
+    device = queries[0].device
+    tensors = [q for q in queries] + [v for v in vals if v is not None]
     for x in tensors:
         if x.device != device:
             raise PolyAttentionError(
@@ -161,41 +243,9 @@ def prepare(
     for x in tensors[1:]:
         out_dtype = torch.promote_types(out_dtype, x.dtype)
     dtype = compute_dtype_for(out_dtype)
-
+    masks = _check_masks(mask, queries, t, device)
     # Batch (leading) dims broadcast like SDPA.
-    shapes = [tuple(x.shape[:-2]) for x in tensors]
-    masks: dict[tuple[int, int], torch.Tensor] = {}
-    if mask is not None:
-        if not isinstance(mask, Mapping):
-            raise PolyAttentionError(
-                "mask: expected a dict {(a, b): bool tensor [..., n_a, n_b]} with 1-based variables"
-            )
-        for key, m in mask.items():
-            if (
-                not isinstance(key, tuple) or len(key) != 2
-                or not all(isinstance(k, int) and not isinstance(k, bool) for k in key)
-                or key[0] == key[1] or not (1 <= key[0] <= t and 1 <= key[1] <= t)
-            ):
-                raise PolyAttentionError(
-                    f"mask key {key!r}: expected a pair (a, b) of distinct 1-based variables in 1..{t}"
-                )
-            a, b = key
-            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
-                raise PolyAttentionError(
-                    f"mask[{key}]: expected a bool tensor (True = the pair may attend), got "
-                    f"{getattr(m, 'dtype', type(m).__name__)}"
-                )
-            na, nb = queries[a - 1].shape[-2], queries[b - 1].shape[-2]
-            if m.dim() < 2 or tuple(m.shape[-2:]) != (na, nb):
-                raise PolyAttentionError(
-                    f"mask[{key}]: expected shape [..., {na}, {nb}] (n_x{a}, n_x{b}), got {_shape(m)}"
-                )
-            if m.device != device:
-                raise PolyAttentionError(f"mask[{key}] is on {m.device}, inputs are on {device}")
-            shapes.append(tuple(m.shape[:-2]))
-            if a > b:
-                a, b, m = b, a, m.transpose(-1, -2)
-            masks[(a, b)] = masks[(a, b)] & m if (a, b) in masks else m
+    shapes = [tuple(x.shape[:-2]) for x in tensors] + [tuple(m.shape[:-2]) for m in masks.values()]
     try:
         batch_shape = torch.broadcast_shapes(*shapes)
     except RuntimeError:
@@ -203,12 +253,6 @@ def prepare(
         raise PolyAttentionError(
             f"batch dims of queries/values/masks do not broadcast: leading shapes {desc}"
         ) from None
-
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise PolyAttentionError(f"scale: expected a finite float or None (1/sqrt(d)), got {scale!r}")
-    causal_mode = normalize_causal(causal)
     batch = 1
     for s in batch_shape:
         batch *= s
@@ -218,24 +262,26 @@ def prepare(
         head_dim=d,
         value_dim=dv if dv is not None else 1,
         batch=batch,
-        causal=causal_mode,
+        causal=normalize_causal(causal),
         mask_pairs=tuple(masks),
-        has_values=tuple(v is not None for v in values),
+        mask_layouts=tuple(sorted((k, mask_layout(m)) for k, m in masks.items())),
+        has_values=tuple(v is not None for v in vals),
         itemsize=torch.empty((), dtype=dtype).element_size(),
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
+        functorch=any(_is_functorch(x) for x in tensors),
     )
     q_list: list[torch.Tensor | None] = [None]
     q_list += [q.to(dtype) for q in queries]
     v_list: list[torch.Tensor | None] = [None, None]
-    v_list += [(v.to(dtype) if v is not None else None) for v in values]
+    v_list += [(v.to(dtype) if v is not None else None) for v in vals]
     return Problem(
         spec=spec,
         q=q_list,
         v=v_list,
         masks=masks,
         causal=spec.causal_pairs(),
-        scale=float(scale),
+        scale=_check_scale(scale, d),
         batch_shape=batch_shape,
         out_dtype=out_dtype,
         dtype=dtype,

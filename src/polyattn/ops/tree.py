@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..planning import Plan, TreeDetail
-from .edge import edge_attention
+from .common import NEG_INF
+from .edge import _causal_bool, edge_attention
 from .inputs import Problem
 
 __all__ = ["tree_attention"]
@@ -60,7 +61,42 @@ def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         base = torch.ones((), dtype=prob.dtype, device=prob.device)
         m1 = base.expand(*prob.batch_shape, n1, prob.dv)
     if lz is not None:
-        ok = torch.isfinite(lz)
-        if not bool(ok.all()):  # skip a full pass over the output in the common all-finite case
-            m1 = torch.where(ok.unsqueeze(-1), m1, torch.zeros_like(m1))
+        # The NaN rule: a row is 0 only when no tuple is admissible under the masks and causality;
+        # a row whose log-mass is -inf for any other reason (infinite inputs) is NaN, never 0.
+        nan = torch.full((), float("nan"), dtype=m1.dtype, device=m1.device)
+        m1 = torch.where((lz == NEG_INF).unsqueeze(-1), nan, m1)
+        nonempty = _admissible_rows(prob, detail)
+        if nonempty is not None:
+            m1 = torch.where(nonempty.unsqueeze(-1), m1, torch.zeros((), dtype=m1.dtype, device=m1.device))
     return m1.expand(*prob.batch_shape, n1, m1.shape[-1])
+
+
+def _admissible_rows(prob: Problem, detail: TreeDetail) -> torch.Tensor | None:
+    """``[..., n1]`` bool: the query rows with at least one admissible tuple, from the masks and the
+    causal constraints alone (never from data); ``None`` when the tree has no constraint (every row
+    is admissible). Booleans propagate leaves first like the messages: ``O(n_u n_c)`` per masked
+    edge (the size of its mask), ``O(n)`` per causal or unconstrained edge."""
+    if not any(e.masked or e.causal for e in detail.edges):
+        return None
+    ok: dict[int, torch.Tensor] = {}
+    for e in detail.edges:
+        u, c = e.parent, e.child
+        nu, nc = prob.n(u), prob.n(c)
+        child = ok.get(c, torch.ones(nc, dtype=torch.bool, device=prob.device))
+        if e.masked:
+            m = prob.masks[(min(u, c), max(u, c))]
+            m = m.transpose(-1, -2) if u > c else m
+            if e.causal is not None:
+                m = m & _causal_bool(e.causal, nu, nc, prob.device)
+            has = (m & child.unsqueeze(-2)).any(-1)
+        elif e.causal == "child<=parent":  # row i sees child positions j <= i
+            pre = child.to(torch.int32).cummax(-1).values.bool()
+            has = pre.index_select(-1, torch.arange(nu, device=prob.device).clamp_(max=nc - 1))
+        elif e.causal == "parent<=child":  # row i sees child positions j >= i
+            suf = child.flip(-1).to(torch.int32).cummax(-1).values.bool().flip(-1)
+            idx = torch.arange(nu, device=prob.device)
+            has = suf.index_select(-1, idx.clamp(max=nc - 1)) & (idx < nc)
+        else:
+            has = child.any(-1, keepdim=True).expand(*child.shape[:-1], nu)
+        ok[u] = has if u not in ok else ok[u] & has
+    return ok.get(1)

@@ -46,6 +46,8 @@ def fused_kind(spec: ProblemSpec) -> StepKind | None:
         return None
     n1, n2, n3 = spec.seq_lens
     small = spec.batch * n1 * n2 * n3 <= DENSE_TRIANGLE_TUPLES and max(n1, n2, n3) <= DENSE_TRIANGLE_MAX_LEN
+    # the separable kernel's underflow fallback is a data-dependent branch: not under torch.func
+    small = small or spec.functorch
     return StepKind.FUSED_TRIANGLE_ROWWISE if small else StepKind.FUSED_TRIANGLE
 
 

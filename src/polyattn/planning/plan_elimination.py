@@ -53,7 +53,9 @@ def elimination_steps(spec: ProblemSpec) -> tuple[tuple[int, ...], int, tuple[El
         messages = [(j, s) for j, s in messages if v not in s]
         scope = tuple(sorted({v}.union(*fs, *(s for _, s in ms))))
         biggest_input = max([_size(spec, s) for s in fs] + [_size(spec, s) for _, s in ms] + [spec.seq_lens[v - 1]])
-        factored = _size(spec, scope) > biggest_input and len(fs) + len(ms) >= 2
+        # factored steps re-check underflow on the data (a data-dependent branch that torch.func
+        # transforms cannot trace): under vmap every step is dense
+        factored = _size(spec, scope) > biggest_input and len(fs) + len(ms) >= 2 and not spec.functorch
         out_scope = tuple(x for x in scope if x != v)
         steps.append(ElimStep(
             var=v, scope=scope, kind=StepKind.FACTORED if factored else StepKind.DENSE,
@@ -138,6 +140,8 @@ def plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
             "a cycle, so the exact cost is superquadratic"
             + ("; causal='tree' keeps it quadratic" if spec.causal == "prefix" else "")
         )
+    if spec.functorch:
+        notes.append("torch.func transform: no data-dependent steps (dense elimination, row-wise fused kernel)")
     if any(st.kind == StepKind.FACTORED for st in esteps):
         notes.append("factored steps are BLAS contractions (n^|scope| * dv multiply-adds)")
     blas = any(st.kind == StepKind.FACTORED and len(st.scope) == exponent for st in esteps)

@@ -44,6 +44,11 @@ class ProblemSpec:
     itemsize: int = 4
     device: str = "cpu"  # device type of the tensors (plain string: planning stays torch-free)
     dtype: str = "float32"  # compute dtype (float16/bfloat16 inputs compute in float32)
+    #: per mask pair: "rows" (same for every row of the first variable, e.g. key padding, kept as
+    #: one row), "cols" (same for every column) or "full" (a genuine n_a x n_b mask)
+    mask_layouts: tuple[tuple[tuple[int, int], str], ...] = ()
+    #: the tensors are wrapped by a torch.func transform (vmap): kernels must not branch on data
+    functorch: bool = False
 
     @classmethod
     def build(
@@ -60,6 +65,8 @@ class ProblemSpec:
         itemsize: int = 4,
         device: str = "cpu",
         dtype: str | None = None,
+        mask_layouts: tuple[tuple[tuple[int, int], str], ...] = (),
+        functorch: bool = False,
     ) -> ProblemSpec:
         p = parse(polynomial)
         t = p.num_variables
@@ -71,8 +78,8 @@ class ProblemSpec:
                 raise PolyAttentionError(
                     f"seq_len has {len(lens)} entries but {p} has {t} variables"
                 )
-        if any(n < 1 for n in lens):
-            raise PolyAttentionError(f"sequence lengths must be >= 1, got {lens}")
+        if any(n < 0 for n in lens):
+            raise PolyAttentionError(f"sequence lengths must be >= 0, got {lens}")
         if head_dim < 1:
             raise PolyAttentionError(f"head_dim must be >= 1, got {head_dim}")
         pairs = set()
@@ -102,11 +109,23 @@ class ProblemSpec:
             itemsize=int(itemsize),
             device=str(device),
             dtype=dtype,
+            mask_layouts=tuple(sorted(mask_layouts)),
+            functorch=bool(functorch),
         )
 
     @property
     def num_variables(self) -> int:
         return self.polynomial.num_variables
+
+    @property
+    def empty(self) -> bool:
+        """Some variable ranges over no tokens: nothing to compute (SDPA's convention: an empty
+        output for ``n_1 = 0``, zeros when a key set is empty)."""
+        return any(n == 0 for n in self.seq_lens)
+
+    def mask_layout(self, a: int, b: int) -> str:
+        """Layout of the mask on the canonical pair ``(a, b)``, ``a < b`` (``"full"`` by default)."""
+        return dict(self.mask_layouts).get((a, b), "full")
 
     def causal_pairs(self) -> frozenset[tuple[int, int]]:
         """Pairs (a, b) with a constraint ``l_b <= l_a`` added by the causal mode (a is the parent)."""

@@ -74,7 +74,10 @@ def make_plan(spec: ProblemSpec, method: str | Method = "auto", memory_budget: i
                 continue
         else:  # pragma: no cover - elimination handles every polynomial
             raise PolyAttentionError(f"no method can compute {spec.polynomial}")
-    return replace(pl, requested=requested, memory_budget=budget)
+    notes = pl.notes
+    if spec.empty:
+        notes = ("a sequence is empty: the output is empty (n1 = 0) or zeros, and no kernel runs", *notes)
+    return replace(pl, requested=requested, memory_budget=budget, notes=notes)
 
 
 def plan(

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import PolyAttentionError
-from ..polynomial import is_forest, tree_parents
+from ..polynomial import AttentionPolynomial, is_forest, tree_parents
 
 if TYPE_CHECKING:
     from .spec import ProblemSpec
 
-__all__ = ["causal_constraints", "rooted_forest"]
+__all__ = ["causal_constraints", "rooted_forest", "padding_partners"]
 
 
 def causal_constraints(spec: ProblemSpec) -> frozenset[tuple[int, int]]:
@@ -69,3 +69,22 @@ def rooted_forest(
 
     visit(1)
     return parent, tuple(order)
+
+
+def padding_partners(p: AttentionPolynomial) -> dict[int, int]:
+    """For each non-query variable ``j``, a variable ``a`` such that the pair ``(a, j)`` is already a
+    factor (inside a monomial containing ``j``): masking ``x_j``'s padded positions on that pair
+    adds no new factor edge. Trees use ``j``'s parent in the forest rooted at x1; variables in no
+    monomial pair with x1 (a zero edge)."""
+    t = p.num_variables
+    out: dict[int, int] = {}
+    if p.is_forest:
+        parents = tree_parents(p.monomials, t)
+        for j in range(2, t + 1):
+            par = parents.get(j)
+            out[j] = par if par is not None else next((m[0] if m[0] != j else m[1] for m in p.monomials if j in m), 1)
+        return out
+    for j in range(2, t + 1):
+        mono = next((m for m in p.monomials if j in m), None)
+        out[j] = 1 if mono is None else (1 if 1 in mono else min(v for v in mono if v != j))
+    return out
