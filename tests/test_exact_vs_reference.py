@@ -31,11 +31,16 @@ def _grads(out, inputs, weight):
 @settings(max_examples=220)
 @given(poly_problems())
 def test_exact_methods_match_reference(problem):
-    p, queries, values, kw = problem
+    """Inputs come as real models make them: transposed, sliced, expanded, broadcast views."""
+    p, queries, values, kw, view = problem
     queries = [q.clone().requires_grad_(True) for q in queries]
     values = [None if v is None else v.clone().requires_grad_(True) for v in values]
     inputs = _leaves(queries, values)
-    ref = polyattn.poly_attention(p, queries, values, method="reference", **kw)
+    qv, vv = view(queries, values)
+    # the reference sees contiguous copies: it must not share a layout bug with the kernels
+    ref = polyattn.poly_attention(p, [x.contiguous() for x in qv], [None if x is None else x.contiguous() for x in vv],
+                                  method="reference", **kw)
+    queries, values = qv, vv
     assert ref.dtype == torch.float64 and torch.isfinite(ref).all()
     weight = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ref_g = _grads(ref, inputs, weight)
@@ -80,10 +85,11 @@ def test_zz_report_worst_error():
 @given(poly_problems(max_len=4))
 def test_elimination_with_tiny_chunks_matches_reference(problem):
     """A tiny memory budget forces one query row and one value column per chunk."""
-    p, queries, values, kw = problem
+    p, queries, values, kw, view = problem
     queries = [q.clone().requires_grad_(True) for q in queries]
     values = [None if v is None else v.clone().requires_grad_(True) for v in values]
     inputs = _leaves(queries, values)
+    queries, values = view(queries, values)
     ref = polyattn.poly_attention(p, queries, values, method="reference", **kw)
     out = polyattn.poly_attention(p, queries, values, method="elimination", memory_budget=1, **kw)
     pl = polyattn.plan_for(p, queries, values, method="elimination", memory_budget=1, **kw)
@@ -98,7 +104,8 @@ def test_elimination_with_tiny_chunks_matches_reference(problem):
 @given(poly_problems(), st.randoms(use_true_random=False))
 def test_output_invariant_under_renaming_non_query_variables(problem, rnd):
     """Renaming x2..xt and permuting their inputs (and masks) alike leaves the output unchanged."""
-    p, queries, values, kw = problem
+    p, queries, values, kw, view = problem
+    queries, values = view(queries, values)
     t = p.num_variables
     perm = list(range(2, t + 1))
     rnd.shuffle(perm)
@@ -120,3 +127,49 @@ def test_output_invariant_under_renaming_non_query_variables(problem, rnd):
     a = polyattn.poly_attention(p, queries, values, **kw)
     b = polyattn.poly_attention(p.relabel(new_of), q2, v2, **kw2)
     assert (a - b).abs().max().item() <= TOL
+
+
+@settings(max_examples=150)
+@given(poly_problems(nonfinite=True))
+def test_nonfinite_inputs_follow_the_nan_rule(problem):
+    """The NaN rule (docs/numerics.md): a NaN/inf entering an admissible tuple makes the output
+    non-finite in every method (never a silent 0 or a finite number); rows with no admissible tuple
+    are 0. Without masks or causality every tuple is admissible and all methods agree exactly on
+    which entries are non-finite; with them a method may also propagate a NaN confined to
+    inadmissible tuples (as SDPA's math backend does), never drop one."""
+    p, queries, values, kw, view = problem
+    qv, vv = view(queries, values)
+    ref = polyattn.poly_attention(p, [x.contiguous() for x in qv], [None if x is None else x.contiguous() for x in vv],
+                                  method="reference", **kw)
+    bad_ref = ~torch.isfinite(ref)
+    constrained = bool(kw["mask"]) or bool(kw["causal"])
+    for method in EXACT:
+        try:
+            out = polyattn.poly_attention(p, qv, vv, method=method, **kw)
+        except MethodError:
+            continue
+        bad = ~torch.isfinite(out)
+        assert bool((bad_ref <= bad).all()), (method, "a non-finite reference entry came back finite")
+        if not constrained:
+            assert torch.equal(bad, bad_ref), (method, "non-finite entries differ without masks")
+        ok = ~bad & ~bad_ref
+        assert (out[ok] - ref[ok]).abs().max().item() <= TOL if ok.any() else True, method
+
+
+def test_nan_rule_examples():
+    g = torch.Generator().manual_seed(0)
+    q = [torch.randn(2, 4, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    v = [torch.randn(2, 4, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    q[0][0, 1, 0] = float("nan")  # one query row
+    for poly in ("x1*x2 + x2*x3", "x1*x2 + x2*x3 + x1*x3", "x1*x2*x3"):
+        for method in ("reference", "auto", "elimination"):
+            out = polyattn.poly_attention(poly, q, v, method=method)
+            assert out[0, 1].isnan().all() and torch.isfinite(out[0, [0, 2, 3]]).all(), (poly, method)
+            assert torch.isfinite(out[1]).all()
+    # a fully masked query row is 0, even next to NaN data elsewhere
+    m = torch.ones(4, 4, dtype=torch.bool)
+    m[2] = False
+    for poly in ("x1*x2 + x2*x3", "x1*x2 + x2*x3 + x1*x3"):
+        for method in ("reference", "auto", "elimination"):
+            out = polyattn.poly_attention(poly, q, v, method=method, mask={(1, 2): m})
+            assert (out[:, 2] == 0).all() and out[0, 1].isnan().all(), (poly, method)

@@ -92,7 +92,8 @@ def _printed_matches(pl) -> None:
 @given(poly_problems(), st.sampled_from(["auto", "tree", "elimination", "reference"]),
        st.sampled_from([None, 1, 2**11]))
 def test_kernels_execute_exactly_the_printed_plan(problem, method, budget):
-    p, queries, values, kw = problem
+    p, queries, values, kw, view = problem
+    queries, values = view(queries, values)
     extra = {} if budget is None else {"memory_budget": budget}
     try:
         pl = polyattn.plan_for(p, queries, values, method=method, **kw, **extra)

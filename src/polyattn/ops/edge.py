@@ -117,36 +117,58 @@ def _fused_edge(
         else:
             add_mask = _flat(add, torch.broadcast_shapes(batch, mask.shape[:-2]), 2)
     out, lse = flash_edge(q, k, v, bias, attn_mask=add_mask, is_causal=is_causal, scale=scale)
-    # Rows with no admissible key (all masked, or every admissible key without mass), found exactly.
-    empty = None
-    if mask is not None:
-        allowed = mask if mass is None else (mask & mass.unsqueeze(-2))
-        empty = ~allowed.any(-1)
-    elif mass is not None and is_causal:
-        # kernel frame: row i sees keys j <= i, so it is empty iff no key with mass up to min(i, nc-1)
-        has = _flat(mass, batch, 1)
-        if flip:
-            has = has.flip(-1)
-        prefix = has.to(torch.int32).cummax(-1).values.bool()
-        idx = torch.arange(nu, device=q.device).clamp_(max=nc - 1)
-        empty = ~prefix.index_select(-1, idx)
-        if flip:
-            empty = empty.flip(-1)
-        empty = empty.reshape(*batch, nu)
-    elif mass is not None:
-        empty = ~mass.any(-1, keepdim=True)
     if flip:
         out = out.flip(-2) if out is not None else None
         lse = lse.flip(-1)
     lse = lse.reshape(*batch, nu)
     if out is not None:
         out = out.reshape(*batch, nu, out.shape[-1])
-    if empty is not None:
-        empty = empty.expand(*batch, nu)
+    # The NaN rule. ATen's flash kernel returns out = 0, lse = 0 for a row whose logits are all
+    # NaN. A row's logits are all non-finite exactly when its query is non-finite or none of its
+    # admissible keys (with mass) is finite: such a row is NaN (SDPA's own CPU path has the same
+    # gap, see ops/sdpa.py). Found in O(n * d) (or from the mask), never from the logits.
+    good = torch.isfinite(q_c.detach()).all(-1)
+    if bias_c is not None:
+        good = good & torch.isfinite(bias_c.detach())
+    bad = ~torch.isfinite(q_u.detach()).all(-1) | _no_key(good, mask, is_causal, flip, nu, nc, q_c.device)
+    nan = torch.full((), float("nan"), dtype=lse.dtype, device=lse.device)
+    lse = torch.where(bad.expand(*batch, nu), nan, lse)
+    if out is not None:
+        out = torch.where(bad.expand(*batch, nu).unsqueeze(-1), nan.to(out.dtype), out)
+    # Rows with no admissible key (all masked, or every admissible key without mass) are empty.
+    if mask is not None or mass is not None:
+        empty = _no_key(mass, mask, is_causal, flip, nu, nc, q_c.device).expand(*batch, nu)
         lse = torch.where(empty, torch.full_like(lse, NEG_INF), lse)
         if out is not None:
             out = torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)
     return out, lse
+
+
+def _no_key(
+    flag: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    flip: bool,
+    nu: int,
+    nc: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``[..., nu]`` bool: parent rows with no admissible child key whose ``flag`` ``[..., nc]`` is
+    True (``None``: every key qualifies). ``mask`` already holds any causal triangle; otherwise a
+    causal edge admits keys ``j <= i`` (or ``j >= i`` when ``flip``). ``O(n)`` without a mask."""
+    if mask is not None:
+        allowed = mask if flag is None else (mask & flag.unsqueeze(-2))
+        return ~allowed.any(-1)
+    if flag is None:
+        return torch.zeros(nu, dtype=torch.bool, device=device)
+    if is_causal:
+        # row i sees keys j <= i (in the kernel frame): any qualifying key up to min(i, nc-1)
+        has = flag.flip(-1) if flip else flag
+        prefix = has.to(torch.int32).cummax(-1).values.bool()
+        idx = torch.arange(nu, device=flag.device).clamp_(max=nc - 1)
+        out = ~prefix.index_select(-1, idx)
+        return out.flip(-1) if flip else out
+    return (~flag.any(-1, keepdim=True)).expand(*flag.shape[:-1], nu)
 
 
 def _broadcast_edge(

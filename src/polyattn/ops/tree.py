@@ -64,7 +64,7 @@ def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         # The NaN rule: a row is 0 only when no tuple is admissible under the masks and causality;
         # a row whose log-mass is -inf for any other reason (infinite inputs) is NaN, never 0.
         nan = torch.full((), float("nan"), dtype=m1.dtype, device=m1.device)
-        m1 = torch.where((lz == NEG_INF).unsqueeze(-1), nan, m1)
+        m1 = torch.where(((lz == NEG_INF) | lz.isnan()).unsqueeze(-1), nan, m1)
         nonempty = _admissible_rows(prob, detail)
         if nonempty is not None:
             m1 = torch.where(nonempty.unsqueeze(-1), m1, torch.zeros((), dtype=m1.dtype, device=m1.device))

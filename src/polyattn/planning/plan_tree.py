@@ -43,8 +43,12 @@ def _edge_bytes(spec: ProblemSpec, e: EdgePlan) -> float:
     if e.impl == EdgeImpl.FLASH:
         # augmented q/k/v copies, output, lse and their gradients: O((n_u + n_c)(d + dv))
         m = 3.0 * (nu + nc) * (d + dv + 2) * b * isz
-        if e.causal_via == EdgeCausal.MASK or e.masked:
-            m += nu * nc * (b if e.masked else 1) * (1 + isz)  # boolean mask and its additive form
+        compact = e.masked and spec.mask_layout(min(e.parent, e.child), max(e.parent, e.child)) == (
+            "rows" if e.parent < e.child else "cols")  # the same for every parent row: one row
+        if e.causal_via == EdgeCausal.MASK:
+            m += nu * nc * (1 + (b if e.masked else 1) * (1 + isz))  # causal bool, combined mask, additive
+        elif e.masked:
+            m += (nc if compact else nu * nc) * b * (1 + isz)  # the mask's empty-row test and additive form
         return m
     if e.impl == EdgeImpl.BROADCAST:
         return 2.0 * (nc + nu) * (dv + 1) * b * isz
