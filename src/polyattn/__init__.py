@@ -10,7 +10,7 @@ torch.Size([2, 16, 8])
 import sys as _sys
 
 from .errors import MethodError, PolyAttentionError, PolynomialSyntaxError, ReferenceSizeError
-from .functional import plan_for, poly_attention
+from .functional import key_padding_masks, plan_for, poly_attention
 from .nn import PolyAttention, PolyTransformer
 from .planning import Plan, plan
 from .polynomial import AttentionPolynomial, parse
@@ -32,6 +32,7 @@ __all__ = [
     "ReferenceSizeError",
     "analyze",
     "constructions",
+    "key_padding_masks",
     "parse",
     "plan",
     "plan_for",

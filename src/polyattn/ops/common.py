@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["letters", "expand_to", "NEG_INF", "safe_log"]
+__all__ = ["letters", "expand_to", "NEG_INF", "safe_log", "compact_rows"]
 
 NEG_INF = float("-inf")
 _LETTERS = "abcdefghijklmnopqrstuvwxy"  # 'z' is reserved for the value channel
@@ -31,3 +31,9 @@ def expand_to(x: torch.Tensor, scope: tuple[int, ...], target: tuple[int, ...], 
 def safe_log(x: torch.Tensor) -> torch.Tensor:
     """log that maps 0 to -inf without a NaN gradient path (inputs are non-negative and detached)."""
     return torch.where(x > 0, x, torch.ones_like(x)).log().masked_fill(x <= 0, NEG_INF)
+
+
+def compact_rows(m: torch.Tensor) -> torch.Tensor:
+    """A mask ``[..., n_a, n_b]`` that is the same for every row (a stride-0 view, e.g. key padding)
+    as ``[..., 1, n_b]``: what is computed from it stays ``O(n_b)`` instead of ``n_a x n_b``."""
+    return m[..., :1, :] if m.shape[-2] > 1 and m.stride(-2) == 0 else m

@@ -26,7 +26,7 @@ import torch
 
 from ..planning import EdgeCausal, EdgeImpl, EdgePlan
 from . import trace
-from .common import NEG_INF
+from .common import NEG_INF, compact_rows
 from .flash import BIAS_FLOOR, flash_edge
 
 __all__ = ["edge_attention"]
@@ -108,8 +108,7 @@ def _fused_edge(
         bias = bias.flip(-1) if bias is not None else None
     add_mask = None
     if mask is not None:
-        if mask.shape[-2] != 1 and mask.stride(-2) == 0:
-            mask = mask[..., :1, :]  # a key mask (e.g. padding) stays one row: O(n) floats, not n^2
+        mask = compact_rows(mask)  # a key mask (e.g. padding) stays one row: O(n) floats, not n^2
         zero = torch.zeros((), dtype=q.dtype, device=q.device)
         add = torch.where(mask, zero, torch.full_like(zero, NEG_INF))
         if all(s == 1 for s in mask.shape[:-2]):

@@ -52,30 +52,19 @@ def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _augment(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q' = [s q, 1, 0...]``, ``k' = [k, b, 0...]`` of head size ``width`` (one allocation each)."""
+    """``q' = [s q, 1, 0...]``, ``k' = [k, b, 0...]`` of head size ``width`` (one allocation each;
+    out-of-place, so that it also runs on torch.func's batched tensors)."""
     d = q.shape[-1]
-    qa = q.new_empty((*q.shape[:-1], width))
-    torch.mul(q, scale, out=qa[..., :d])
-    qa[..., d] = 1.0
-    ka = k.new_empty((*k.shape[:-1], width))
-    ka[..., :d] = k
-    ka[..., d] = bias
-    if width > d + 1:
-        qa[..., d + 1 :] = 0.0
-        ka[..., d + 1 :] = 0.0
-    return qa, ka
+    qa = torch.cat([q * scale, torch.ones_like(q[..., :1])], dim=-1)
+    ka = torch.cat([k, bias.unsqueeze(-1).to(k.dtype)], dim=-1)
+    return _pad(qa, width), _pad(ka, width)
 
 
 def _value_operand(v: torch.Tensor | None, k: torch.Tensor, width: int) -> torch.Tensor:
     """``v`` zero-padded to head size ``width`` (zeros when the edge carries no value)."""
     if v is None:
         return k.new_zeros((*k.shape[:-1], width))
-    if v.shape[-1] == width:
-        return v.contiguous()
-    va = v.new_empty((*v.shape[:-1], width))
-    va[..., : v.shape[-1]] = v
-    va[..., v.shape[-1] :] = 0.0
-    return va
+    return _pad(v, width) if v.shape[-1] < width else v.contiguous()
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +77,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 class _NoDoubleBackward(torch.autograd.Function):
     """Identity whose backward refuses: marks gradients that cannot be differentiated again."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return xs
+    def forward(anchor: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # ``anchor`` (an input that requires grad) makes the outputs differentiable, so that a
+        # second differentiation reaches this backward and its clear error
+        return tuple(x.view_as(x) for x in xs)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
@@ -153,7 +146,10 @@ class _FlashEdge(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_full: torch.Tensor | None, g_lse: torch.Tensor | None):  # noqa: ANN001, ANN205
-        q, k, v, bias, attn_mask, out, lse = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        anchor = saved[0]
+        # This backward is one fused op without a derivative: compute on detached tensors.
+        q, k, v, bias, attn_mask, out, lse = (x.detach() if x is not None else None for x in saved)
         is_causal, scale = ctx.meta
         q, k = _unit(q), _unit(k)
         d = q.shape[-1]
@@ -177,16 +173,10 @@ class _FlashEdge(torch.autograd.Function):
                 # No spare zero column in V: widen everything by one (zeros change no logit).
                 width += 1
                 qa, ka, va = _pad(qa, width), _pad(ka, width), _pad(va, width)
-            o = out.new_empty((*out.shape[:-1], width))
-            o[..., :dv] = out[..., :dv]
-            o[..., dv] = -g_lse.to(out.dtype)
-            g = out.new_empty((*out.shape[:-1], width))
-            g[..., :dv] = g_out
-            g[..., dv] = 1.0
-            if width > dv + 1:
-                o[..., dv + 1 :] = 0.0
-                g[..., dv + 1 :] = 0.0
-            out = o
+            # out-of-place (torch.func's batched tensors refuse slice writes into new tensors)
+            o = torch.cat([out[..., :dv], -g_lse.to(out.dtype).unsqueeze(-1)], dim=-1)
+            g = torch.cat([g_out.to(out.dtype), torch.ones_like(o[..., :1])], dim=-1)
+            out, g = _pad(o, width), _pad(g, width)
         else:
             g = _pad(g_out.to(out.dtype), width).contiguous()
             out = out.contiguous()
@@ -198,7 +188,7 @@ class _FlashEdge(torch.autograd.Function):
         gb = dk[..., d] if hb else None
         gv = dva[..., :dv] if (v is not None and ctx.needs_input_grad[2]) else None
         if torch.is_grad_enabled():  # create_graph=True: these gradients cannot be differentiated again
-            marked = _NoDoubleBackward.apply(*(x for x in (gq, gk, gv, gb) if x is not None))
+            marked = _NoDoubleBackward.apply(anchor, *(x for x in (gq, gk, gv, gb) if x is not None))
             it = iter(marked)
             gq, gk, gv, gb = (next(it) if x is not None else None for x in (gq, gk, gv, gb))
         return gq, gk, gv, gb, None, None, None

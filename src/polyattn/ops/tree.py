@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..planning import Plan, TreeDetail
-from .common import NEG_INF
+from .common import NEG_INF, compact_rows
 from .edge import _causal_bool, edge_attention
 from .inputs import Problem
 
@@ -85,10 +85,11 @@ def _admissible_rows(prob: Problem, detail: TreeDetail) -> torch.Tensor | None:
         child = ok.get(c, torch.ones(nc, dtype=torch.bool, device=prob.device))
         if e.masked:
             m = prob.masks[(min(u, c), max(u, c))]
-            m = m.transpose(-1, -2) if u > c else m
+            m = compact_rows(m.transpose(-1, -2) if u > c else m)
             if e.causal is not None:
                 m = m & _causal_bool(e.causal, nu, nc, prob.device)
             has = (m & child.unsqueeze(-2)).any(-1)
+            has = has.expand(*has.shape[:-1], nu)
         elif e.causal == "child<=parent":  # row i sees child positions j <= i
             pre = child.to(torch.int32).cummax(-1).values.bool()
             has = pre.index_select(-1, torch.arange(nu, device=prob.device).clamp_(max=nc - 1))

@@ -67,7 +67,7 @@ def elimination_steps(spec: ProblemSpec) -> tuple[tuple[int, ...], int, tuple[El
 
 def _step_cost(spec: ProblemSpec, st: ElimStep, rows: int, cc: int) -> tuple[float, float]:
     n1 = spec.seq_lens[0]
-    frac = rows / n1 if st.depends_on_query else 1.0
+    frac = rows / max(1, n1) if st.depends_on_query else 1.0
     full = _size(spec, st.scope) * frac
     rest = _size(spec, st.out_scope) * frac
     b, isz = spec.batch, spec.itemsize
@@ -83,7 +83,7 @@ def _step_cost(spec: ProblemSpec, st: ElimStep, rows: int, cc: int) -> tuple[flo
 def _factor_mem(spec: ProblemSpec, rows: int) -> float:
     """Logit factors; those containing x1 are materialised per row chunk."""
     n1 = spec.seq_lens[0]
-    tot = sum(_size(spec, m) * (rows / n1 if 1 in m else 1.0) for m in spec.factor_edges())
+    tot = sum(_size(spec, m) * (rows / max(1, n1) if 1 in m else 1.0) for m in spec.factor_edges())
     return tot * spec.batch * spec.itemsize
 
 
