@@ -108,7 +108,7 @@ def test_double_backward_elimination_matches_reference():
     for poly, method in ((POLYS["tree"], "elimination"), (POLYS["cycle"], "elimination")):
         leaves = [x.clone().requires_grad_(True) for x in q]
 
-        def f(*xs, method=method):
+        def f(*xs, method=method, poly=poly):
             return polyattn.poly_attention(poly, list(xs), v, method=method).square().sum()
 
         torch.autograd.gradgradcheck(f, leaves, atol=1e-7)

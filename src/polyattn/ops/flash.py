@@ -54,7 +54,6 @@ def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
 def _augment(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``q' = [s q, 1, 0...]``, ``k' = [k, b, 0...]`` of head size ``width`` (one allocation each;
     out-of-place, so that it also runs on torch.func's batched tensors)."""
-    d = q.shape[-1]
     qa = torch.cat([q * scale, torch.ones_like(q[..., :1])], dim=-1)
     ka = torch.cat([k, bias.unsqueeze(-1).to(k.dtype)], dim=-1)
     return _pad(qa, width), _pad(ka, width)
