@@ -357,7 +357,7 @@ def _chunk_rows(spec: ProblemSpec, rank: int, budget: int) -> int:
 CAUSAL_BLOCK = 64
 
 
-def _causal_block(spec: ProblemSpec, rank: int, budget: int) -> int:
+def causal_block(spec: ProblemSpec, rank: int, budget: int) -> int:
     elems = max(1, budget // max(1, spec.itemsize))
     per_row = spec.batch * (rank * 3 + 2 * CAUSAL_BLOCK)
     return int(max(1, min(CAUSAL_BLOCK, elems // max(1, per_row))))
@@ -645,3 +645,5 @@ def plan_approx(
 
 
 register_planner("approx", _structure_plan, auto=False)
+
+_causal_block = causal_block
