@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import PolyAttentionError
 from ..planning import Plan
 from ..planning.approx import DEFAULT_BASIS, ApproxPlan, ApproxStats, feature_table, plan_approx
+from .approx_cost import cost_model
 from .approx_features import Features
 from .approx_tree import finish as _finish
 from .approx_tree import run_chunk as _run
@@ -45,7 +46,7 @@ from .inputs import Problem
 __all__ = ["approx_attention", "approx_hook", "measure", "Features", "APPROX_OPTIONS"]
 
 #: keyword options ``poly_attention(..., method="approx", **options)`` accepts
-APPROX_OPTIONS = ("tolerance", "degree", "basis", "max_rank")
+APPROX_OPTIONS = ("tolerance", "rtol", "degree", "basis", "max_rank", "allow_slower")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -81,32 +82,37 @@ def measure(prob: Problem) -> ApproxStats:
 
 
 def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> ApproxPlan:
-    """Turn the structure-only plan into the data-dependent one (degree, rank, bound)."""
+    """Turn the structure-only plan into the data-dependent one (degree, rank, bound, time estimates).
+
+    The degree is chosen first (pure planning, default cost model), so an unreachable accuracy
+    fails before anything is measured. With ``allow_slower=True`` that plan is returned (its time
+    estimates use the default constants). Otherwise the cost model is measured on this machine
+    (:func:`polyattn.ops.approx_cost.cost_model`, cached per process) and the plan re-made with it,
+    which raises when the approximation would be slower than the exact plan.
+    """
     unknown = sorted(set(options) - set(APPROX_OPTIONS))
     if unknown:
         raise PolyAttentionError(
             f"unexpected keyword argument(s) {', '.join(unknown)} for method='approx'; "
             f"it accepts {', '.join(APPROX_OPTIONS)}"
         )
-    tol = options.get("tolerance")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0):
-        raise PolyAttentionError(f"tolerance must be a positive float, got {tol!r}")
-    kw: dict = {}
+    kw: dict = dict(
+        tolerance=options.get("tolerance"), rtol=options.get("rtol"), degree=options.get("degree"),
+        basis=str(options.get("basis", DEFAULT_BASIS)), requested=plan.requested,
+    )
     if "max_rank" in options:
         kw["max_rank"] = int(options["max_rank"])  # type: ignore[arg-type]
     budget = getattr(plan, "memory_budget", None)
     if budget is not None:
         kw["memory_budget"] = budget
-    return plan_approx(
-        prob.spec,
-        stats=measure(prob),
-        scale=prob.scale,
-        tolerance=None if tol is None else float(tol),
-        degree=options.get("degree"),  # type: ignore[arg-type]
-        basis=str(options.get("basis", DEFAULT_BASIS)),
-        requested=plan.requested,
-        **kw,
-    )
+    allow_slower = options.get("allow_slower", False)
+    stats = measure(prob)
+    first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
+    if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
+        return first
+    model = cost_model(prob.spec, first.memory_budget, prob.dtype)
+    return plan_approx(prob.spec, stats=stats, scale=prob.scale, cost_model=model,
+                       allow_slower=allow_slower, **kw)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- contraction strategy

@@ -85,6 +85,8 @@ class Features:
             return self._differentiable(qt)
         key = tuple(qt.shape)
         buf = self._buffers.get(key)
+        if buf is None and qt.shape[-1] * self.rank < 4096:  # small: building the view list costs more
+            return self._fresh(qt)
         if buf is None:
             if len(self._buffers) >= 4:  # a chunk loop uses two shapes (full and last chunk)
                 self._buffers.clear()
@@ -96,8 +98,23 @@ class Features:
         qt = q.transpose(-1, -2)
         if torch.is_grad_enabled() and q.requires_grad:
             return self._differentiable(qt).transpose(-1, -2)
-        buf = _ChunkBuffer(self.counts, self.degree, self.d, self.rank, tuple(qt.shape), qt.dtype, qt.device)
-        return buf.fill(qt).transpose(-1, -2)
+        return self._fresh(qt).transpose(-1, -2)
+
+    def _fresh(self, qt: torch.Tensor) -> torch.Tensor:
+        """The features written into a new tensor (no view lists: one-off calls on small inputs)."""
+        d = qt.shape[-2]
+        out = torch.empty(*qt.shape[:-2], self.rank, qt.shape[-1], dtype=qt.dtype, device=qt.device)
+        out[..., 0, :] = 1
+        if self.degree >= 1:
+            out[..., 1 : 1 + d, :] = qt
+        prev, off = 1, 1 + d
+        for cnt in self.counts:
+            start = off
+            for c, k in enumerate(cnt):
+                torch.mul(out[..., prev : prev + k, :], out[..., 1 + c : 2 + c, :], out=out[..., off : off + k, :])
+                off += k
+            prev = start
+        return out
 
     def _differentiable(self, qt: torch.Tensor) -> torch.Tensor:
         blocks = [torch.ones_like(qt[..., :1, :])]

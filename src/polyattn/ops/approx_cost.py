@@ -1,0 +1,141 @@
+"""Measure the :class:`~polyattn.planning.approx_cost.CostModel` on the running machine.
+
+Two kinds of measurement, both cached for the life of the process (keyed by dtype, thread count
+and shape), both with their own inputs (no global RNG, no autograd):
+
+* :func:`kernel_constants` — the approx kernel's own constants: throughput of the transposed
+  feature-space products (``[dv+1, r] @ [r, rows]`` and ``[dv+1, rows] @ [rows, r]`` on a
+  cache-sized chunk, as the kernel runs them), the rate of the feature construction and the fixed
+  cost of one torch op (two chunk sizes separate the two). About 50 ms.
+* :func:`exact_probe` — the exact plan (``make_plan(spec, "auto")``) of a scaled-down copy of the
+  problem (same polynomial, d, dv, batch, causality; lengths shrunk until the plan costs at most
+  :data:`PROBE_FLOPS`) is run; its seconds per plan-FLOP scale to the full problem by the FLOP
+  count. Best of two runs, after one warm-up when cheap.
+
+The planner combines them (:mod:`polyattn.planning.approx_cost`); nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from functools import lru_cache
+
+import torch
+
+from ..planning import ProblemSpec
+from ..planning.approx import CostModel, chunk_rows
+from ..planning.strategy import make_plan
+from .approx_features import Features
+from .inputs import prepare
+
+__all__ = ["kernel_constants", "exact_probe", "cost_model", "PROBE_FLOPS", "clear_cache"]
+
+#: Largest plan-FLOP count of the exact probe (about 30 ms at the tree kernel's ~30 GFLOP/s).
+PROBE_FLOPS = 1e9
+
+_EXACT_CACHE: dict[tuple, tuple[float, str]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every measurement (the next approx call re-measures)."""
+    kernel_constants.cache_clear()
+    _EXACT_CACHE.clear()
+
+
+def _best(fn, reps: int) -> float:  # noqa: ANN001
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@lru_cache(maxsize=64)
+def kernel_constants(dtype: torch.dtype, threads: int, dv1: int) -> tuple[float, float, float]:
+    """``(product FLOP/s, feature entries/s, seconds per op)`` of the approx kernel on this machine."""
+    del threads  # part of the cache key: the measurement runs at the current thread count
+    d, p = 16, 4
+    feats = Features(d, p, 1.0, torch.device("cpu"), dtype)
+    r = feats.rank
+    g = torch.Generator().manual_seed(0)
+    spec = ProblemSpec.build("x1*x2", seq_len=1 << 16, head_dim=d, value_dim=max(1, dv1 - 1),
+                             itemsize=torch.tensor([], dtype=dtype).element_size())
+    rows = chunk_rows(spec, r, 1 << 40)
+    with torch.no_grad():
+        qt_big = torch.rand(d, rows, generator=g, dtype=dtype) - 0.5
+        qt_small = torch.rand(d, 16, generator=g, dtype=dtype) - 0.5
+        a = torch.randn(dv1, r, generator=g, dtype=dtype)
+        e = torch.randn(dv1, rows, generator=g, dtype=dtype)
+        reps = 8
+        t_big = _best(lambda: [feats.cols(qt_big) for _ in range(reps)], 3) / reps
+        t_small = _best(lambda: [feats.cols(qt_small) for _ in range(reps)], 3) / reps
+
+        def chunk() -> None:
+            ft = feats.cols(qt_big)
+            (a @ ft).mul_(e)
+            e @ ft.transpose(-1, -2)
+
+        t_chunk = _best(lambda: [chunk() for _ in range(reps)], 3) / reps
+    ops = 1 + d * (p - 1)
+    # t(rows) = ops * t_op + rows * r / rate: two sizes give both unknowns
+    per_entry = max((t_big - t_small) / (r * (rows - 16)), 1e-13)
+    t_op = max((t_small - 16 * r * per_entry) / ops, 1e-7)
+    t_prod = max(t_chunk - t_big, 1e-9)
+    return 2 * 2 * dv1 * r * rows / t_prod, 1.0 / per_entry, t_op
+
+
+def _probe_spec(spec: ProblemSpec, budget: int) -> ProblemSpec:
+    """``spec`` with all lengths scaled by one factor so that its exact plan costs <= PROBE_FLOPS."""
+    full = make_plan(spec, "auto", budget)
+    if full.flops <= PROBE_FLOPS:
+        return spec
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lens = tuple(max(1, int(n * mid)) for n in spec.seq_lens)
+        if make_plan(replace(spec, seq_lens=lens), "auto", budget).flops <= PROBE_FLOPS:
+            lo = mid
+        else:
+            hi = mid
+    return replace(spec, seq_lens=tuple(max(1, int(n * lo)) for n in spec.seq_lens))
+
+
+def exact_probe(spec: ProblemSpec, budget: int, dtype: torch.dtype) -> tuple[float, str]:
+    """``(seconds per plan-FLOP, description)`` of the exact plan of ``spec``, measured on a scaled copy."""
+    key = (replace(spec, seq_lens=()), tuple(spec.seq_lens), budget, dtype, torch.get_num_threads())
+    hit = _EXACT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    from .dispatch import run
+
+    small = _probe_spec(spec, budget)
+    plan = make_plan(small, "auto", budget)
+    g = torch.Generator().manual_seed(0)
+    batch = (small.batch,) if small.batch > 1 else ()
+    q = [torch.rand(*batch, n, small.head_dim, generator=g, dtype=dtype) - 0.5 for n in small.seq_lens]
+    v = [torch.randn(*batch, n, small.value_dim, generator=g, dtype=dtype) if hv else None
+         for n, hv in zip(small.seq_lens[1:], small.has_values)]
+    prob = prepare(small.polynomial, q, v, causal=small.causal or False)
+    with torch.no_grad():
+        first = _best(lambda: run(prob, plan), 1)
+        t = min(first, _best(lambda: run(prob, plan), 2 if first < 0.1 else 1))
+    lens = "/".join(map(str, sorted(set(small.seq_lens))))
+    out = (t / max(plan.flops, 1.0), f"probe of {plan.method!r} at n={lens} ({fmt_ms(t)}), scaled by FLOPs")
+    _EXACT_CACHE[key] = out
+    return out
+
+
+def fmt_ms(t: float) -> str:
+    return f"{t * 1e3:.3g} ms"
+
+
+def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype) -> CostModel:
+    """The measured :class:`CostModel` for one approx call (kernel constants + exact probe)."""
+    threads = torch.get_num_threads()
+    prod, build, op = kernel_constants(dtype, threads, spec.value_dim + 1)
+    per_flop, probe = exact_probe(spec, budget, dtype)
+    return CostModel(prod, build, op, per_flop, probe,
+                     source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''})")
