@@ -69,7 +69,8 @@ def poly_attention(
         method: ``"auto"`` or an exact method (``"sdpa"``, ``"tree"``, ``"elimination"``,
             ``"reference"``); an explicit method that cannot handle the input raises.
             ``"approx"`` is the polynomial method with an a-priori error bound
-            (``tolerance=``, ``degree=``, ``basis=``, ``max_rank=``; see docs/approximation.md).
+            (``tolerance=``, ``rtol=``, ``degree=``, ``basis=``, ``max_rank=``, ``allow_slower=``;
+            see docs/approximation.md).
 
     Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input
     dtype. A query row with no admissible tuple returns zeros. Returns ``[..., n_1, dv]``.

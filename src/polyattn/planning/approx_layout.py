@@ -80,10 +80,10 @@ def describe_step(st: Step) -> str:
 # ------------------------------------------------------------------------------- chunking
 #: Row chunks aim at about this many bytes of features (``batch * rows * r * itemsize``): the chunk
 #: is built, then read by one or two skinny GEMMs (``[dv+1, r] @ [r, rows]``), and both want it in
-#: cache. Measured at n = 65536, d = 16, dv = 8, 1 thread: rank 4845 is fastest at 96-128 rows,
-#: rank 20349 at 32-48, rank 969 at ~512 (smaller chunks pay the per-op dispatch of the
-#: construction, larger ones fall out of cache).
-CHUNK_FEATURE_BYTES = 2 * 2**20
+#: cache. Measured at n = 32768-65536, d = 16, dv = 8, 1 thread: rank 4845 is fastest at 96-128
+#: rows, rank 20349 at 32-48, rank 969 at ~512 (smaller chunks pay the per-op dispatch of the
+#: construction, ~2 us per op; larger ones fall out of cache).
+CHUNK_FEATURE_BYTES = 5 * 2**19
 #: Block length of the chunked prefix sums (causal edges): the dense in-block part costs
 #: ``block * (d + dv)`` per row (polynomial of the logits) against ``2 r (dv+1)`` for the state.
 CAUSAL_BLOCK = 64
