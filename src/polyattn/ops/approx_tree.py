@@ -162,6 +162,16 @@ def _edges(prob: Problem, plan: ApproxPlan) -> dict[int, _Edge]:
     return out
 
 
+def _times(e: torch.Tensor | None, x: torch.Tensor, owned: bool, fresh: bool) -> tuple[torch.Tensor, bool]:
+    """``e * x`` (``x`` itself when ``e`` is None), in place when ``e`` is this chunk's own tensor."""
+    if e is None:
+        return x, fresh
+    if owned and not (torch.is_grad_enabled() and (e.requires_grad or x.requires_grad)) \
+            and e.shape == torch.broadcast_shapes(e.shape, x.shape):
+        return e.mul_(x), True
+    return e * x, True
+
+
 def _visit(
     prob: Problem, c: int, feats: Features, coefs: dict[tuple[float, ...], torch.Tensor],
     plain: list[tuple[_Edge, torch.Tensor]], row_msgs: list[torch.Tensor], up: _Edge | None, chunk: int,
@@ -190,11 +200,12 @@ def _visit(
         ft = feats.cols(qt_) if needs_feats else None
         rows = qt_.shape[-1]
         e = None
+        owned = False  # e is a fresh tensor of this chunk: multiply in place outside autograd
         for a_g, lg in zip(tensors[:n_sum], logit_in):
             msg = a_g @ ft if lg else a_g  # zero edge: the same [.., dv1, 1] for every row
-            e = msg if e is None else e * msg
+            e, owned = _times(e, msg, owned, fresh=lg)
         for x in tensors[n_sum:]:
-            e = x if e is None else e * x
+            e, owned = _times(e, x, owned, fresh=False)
         if e is None:
             e = torch.ones(dv1, rows, dtype=qt_.dtype, device=qt_.device)
         elif e.shape[-1] != rows:
@@ -211,7 +222,7 @@ def _visit(
         if keep:
             kept.append(e)
         if contrib is not None:
-            acc = contrib if acc is None else acc + contrib
+            acc = contrib if acc is None else (acc.add_(contrib) if not acc.requires_grad else acc + contrib)
     m = None
     if keep:
         m = torch.cat(kept, dim=-1) if len(kept) > 1 else kept[0]
