@@ -30,7 +30,7 @@ import polyattn
 from polyattn.ops.approx_cost import cost_model, kernel_constants
 from polyattn.ops.approx_features import Features
 from polyattn.planning import ProblemSpec
-from polyattn.planning.approx import ApproximationRangeError, chunk_rows, feature_rank
+from polyattn.planning.approx import ApproximationRangeError, ApproxPlan, chunk_rows, feature_rank
 
 __all__ = ["suite_sweep", "suite_throughput", "suite_calibrate", "DISTRIBUTIONS", "values"]
 
@@ -73,7 +73,7 @@ def _plan_or_reason(q, v, acc: dict):  # noqa: ANN001, ANN202
         if "slower than the exact method" not in str(e):
             return None, "unreachable: " + str(e).split(";")[0]
     # same estimates, with the measured model (the measurement is cached): rebuild them
-    plan = polyattn.plan_for(PATH, q, v, method="approx", allow_slower=True, **acc)
+    plan: ApproxPlan = polyattn.plan_for(PATH, q, v, method="approx", allow_slower=True, **acc)  # type: ignore[assignment]
     from polyattn.ops.approx import measure
     from polyattn.ops.approx_cost import cost_model as measured
     from polyattn.ops.inputs import prepare
@@ -246,41 +246,41 @@ def _products_alone(r: int, rows: int, dv1: int, n: int, reps: int) -> tuple[flo
     return _best(transposed, reps)[0], _best(natural, reps)[0]
 
 
+def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
+    r = feature_rank(d, p)
+    g = torch.Generator().manual_seed(d * 100 + p)
+    q = [x * 0.2 for x in _queries(n, d, g)]
+    v = [values("gaussian", n, dv, g) for _ in range(2)]
+    plan: ApproxPlan = polyattn.plan_for(PATH, q, v, method="approx", degree=p, allow_slower=True)  # type: ignore[assignment]
+    # 4 products of 2 n r (dv+1) FLOPs: F3^T V3, F2 @ A3, F2^T m2, F1 @ A2
+    flops = 4 * 2.0 * n * r * (dv + 1)
+    t, _ = _best(lambda: polyattn.poly_attention(PATH, q, v, method="approx", degree=p, allow_slower=True), reps)
+    m = round((flops / 2) ** (1 / 3))
+    x, y = torch.randn(m, m, generator=g), torch.randn(m, m, generator=g)
+    t_sq, _ = _best(lambda: x @ y, reps)
+    rate_sq = 2.0 * m**3 / t_sq
+    chunk = plan.chunk_rows
+    t_tr, t_nat = _products_alone(r, chunk, dv + 1, n, reps)
+    feats = Features(d, p, 1.0, torch.device("cpu"), torch.float32)
+    qt = q[0].t().contiguous()
+    t_build, _ = _best(lambda: [feats.cols(qt[:, a : a + chunk]) for a in range(0, n, chunk)], reps)
+    row = {"d": d, "degree": p, "rank": r, "n": n, "dv": dv, "chunk_rows": chunk, "product_flops": flops,
+           "approx_seconds": t, "achieved_flops_per_s": flops / t,
+           "square_matmul": {"m": m, "seconds": t_sq, "flops_per_s": rate_sq},
+           "ratio_vs_square_matmul": flops / t / rate_sq,
+           "products_alone_seconds": 2 * t_tr, "ratio_vs_products_alone": 2 * t_tr / t,
+           "natural_layout_seconds": 2 * t_nat, "ratio_vs_natural_layout": 2 * t_nat / t,
+           "feature_build_seconds": 3 * t_build, "build_share": 3 * t_build / t}
+    print(f"d={d} p={p} r={r:6d} rows={chunk}: approx {t:.3f}s = {flops / t / 1e9:.1f} GFLOP/s of products; "
+          f"square matmul (m={m}) {rate_sq / 1e9:.1f} GFLOP/s -> {100 * flops / t / rate_sq:.0f}%; "
+          f"products alone {100 * 2 * t_tr / t:.0f}% of the call; natural layout would take "
+          f"{2 * t_nat / t:.2f}x the call; feature construction ~{100 * 3 * t_build / t:.0f}%", flush=True)
+    return row
+
+
 def suite_throughput(args: argparse.Namespace) -> dict:
     n = args.n or 65536
-    dv = 8
-    rows_out = []
-    for d, p in THROUGHPUT_CONFIGS:
-        r = feature_rank(d, p)
-        g = torch.Generator().manual_seed(d * 100 + p)
-        q = [x * 0.2 for x in _queries(n, d, g)]
-        v = [values("gaussian", n, dv, g) for _ in range(2)]
-        plan = polyattn.plan_for(PATH, q, v, method="approx", degree=p, allow_slower=True)
-        # 4 products of 2 n r (dv+1) FLOPs: F3^T V3, F2 @ A3, F2^T m2, F1 @ A2
-        flops = 4 * 2.0 * n * r * (dv + 1)
-        t, _ = _best(lambda: polyattn.poly_attention(PATH, q, v, method="approx", degree=p, allow_slower=True),
-                     args.reps)
-        m = round((flops / 2) ** (1 / 3))
-        x, y = torch.randn(m, m, generator=g), torch.randn(m, m, generator=g)
-        t_sq, _ = _best(lambda: x @ y, args.reps)
-        rate_sq = 2.0 * m**3 / t_sq
-        t_tr, t_nat = _products_alone(r, plan.chunk_rows, dv + 1, n, args.reps)
-        feats = Features(d, p, 1.0, torch.device("cpu"), torch.float32)
-        qt = q[0].t().contiguous()
-        chunk = plan.chunk_rows
-        t_build, _ = _best(lambda: [feats.cols(qt[:, a : a + chunk]) for a in range(0, n, chunk)], args.reps)
-        row = {"d": d, "degree": p, "rank": r, "n": n, "dv": dv, "chunk_rows": chunk, "product_flops": flops,
-               "approx_seconds": t, "achieved_flops_per_s": flops / t,
-               "square_matmul": {"m": m, "seconds": t_sq, "flops_per_s": rate_sq},
-               "ratio_vs_square_matmul": flops / t / rate_sq,
-               "products_alone_seconds": 2 * t_tr, "ratio_vs_products_alone": 2 * t_tr / t,
-               "natural_layout_seconds": 2 * t_nat, "ratio_vs_natural_layout": 2 * t_nat / t,
-               "feature_build_seconds": 3 * t_build, "build_share": 3 * t_build / t}
-        rows_out.append(row)
-        print(f"d={d} p={p} r={r:6d} rows={chunk}: approx {t:.3f}s = {flops / t / 1e9:.1f} GFLOP/s of products; "
-              f"square matmul (m={m}) {rate_sq / 1e9:.1f} GFLOP/s -> {100 * flops / t / rate_sq:.0f}%; "
-              f"products alone {100 * 2 * t_tr / t:.0f}% of the call; natural layout would take "
-              f"{2 * t_nat / t:.2f}x the call; feature construction ~{100 * 3 * t_build / t:.0f}%", flush=True)
+    rows_out = [_throughput_case(d, p, n, 8, args.reps) for d, p in THROUGHPUT_CONFIGS]
     _plot_throughput(rows_out, args)
     return {"polynomial": PATH, "rows": rows_out,
             "note": "ratio_vs_square_matmul = (product FLOPs / call time) / (square matmul FLOP/s), same run"}
@@ -321,7 +321,8 @@ def suite_calibrate(args: argparse.Namespace) -> dict:
     n = args.n or 65536
     spec = ProblemSpec.build(PATH, seq_len=n, head_dim=16, value_dim=8)
     model = cost_model(spec, 256 * 2**20, torch.float32)
+    per_flop = model.exact_seconds_per_flop or math.nan
     print(f"exact probe for {PATH}, n={n}, d=16, dv=8: {model.exact_probe}; "
-          f"{1 / model.exact_seconds_per_flop / 1e9:.1f} plan-GFLOP/s", flush=True)
+          f"{1 / per_flop / 1e9:.1f} plan-GFLOP/s", flush=True)
     print(f"chunk rows at rank 4845: {chunk_rows(spec, 4845, 256 * 2**20)}")
     return {"kernel_constants": {str(k): v for k, v in consts.items()}, "target_model": model.to_dict()}

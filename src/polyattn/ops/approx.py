@@ -25,16 +25,14 @@ Pair masks are rejected by the planner (they do not factor through the features)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import opt_einsum
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import PolyAttentionError
 from ..planning import Plan
-from ..planning.approx import DEFAULT_BASIS, ApproxPlan, ApproxStats, feature_table, plan_approx
+from ..planning.approx import DEFAULT_BASIS, ApproxPlan, ApproxStats, plan_approx
 from .approx_cost import cost_model
 from .approx_features import Features
 from .approx_tree import finish as _finish
@@ -101,7 +99,7 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
         basis=str(options.get("basis", DEFAULT_BASIS)), requested=plan.requested,
     )
     if "max_rank" in options:
-        kw["max_rank"] = int(options["max_rank"])  # type: ignore[arg-type]
+        kw["max_rank"] = int(options["max_rank"])  # type: ignore[call-overload]
     budget = getattr(plan, "memory_budget", None)
     if budget is not None:
         kw["memory_budget"] = budget
@@ -110,7 +108,7 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
     if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
         return first
-    model = cost_model(prob.spec, first.memory_budget, prob.dtype)
+    model = cost_model(prob.spec, first.memory_budget, prob.dtype, prob.device)
     return plan_approx(prob.spec, stats=stats, scale=prob.scale, cost_model=model,
                        allow_slower=allow_slower, **kw)  # type: ignore[arg-type]
 

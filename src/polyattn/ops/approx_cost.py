@@ -36,6 +36,7 @@ __all__ = ["kernel_constants", "exact_probe", "cost_model", "PROBE_FLOPS", "clea
 PROBE_FLOPS = 1e9
 
 _EXACT_CACHE: dict[tuple, tuple[float, str]] = {}
+CPU = torch.device("cpu")
 
 
 def clear_cache() -> None:
@@ -44,41 +45,53 @@ def clear_cache() -> None:
     _EXACT_CACHE.clear()
 
 
-def _best(fn, reps: int) -> float:  # noqa: ANN001
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best(fn, reps: int, device: torch.device = CPU) -> float:  # noqa: ANN001
     best = math.inf
     for _ in range(reps):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
 @lru_cache(maxsize=64)
-def kernel_constants(dtype: torch.dtype, threads: int, dv1: int) -> tuple[float, float, float]:
+def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
+                     device: torch.device = CPU) -> tuple[float, float, float]:
     """``(product FLOP/s, feature entries/s, seconds per op)`` of the approx kernel on this machine."""
     del threads  # part of the cache key: the measurement runs at the current thread count
     d, p = 16, 4
-    feats = Features(d, p, 1.0, torch.device("cpu"), dtype)
+    feats = Features(d, p, 1.0, device, dtype)
     r = feats.rank
     g = torch.Generator().manual_seed(0)
     spec = ProblemSpec.build("x1*x2", seq_len=1 << 16, head_dim=d, value_dim=max(1, dv1 - 1),
                              itemsize=torch.tensor([], dtype=dtype).element_size())
     rows = chunk_rows(spec, r, 1 << 40)
     with torch.no_grad():
-        qt_big = torch.rand(d, rows, generator=g, dtype=dtype) - 0.5
-        qt_small = torch.rand(d, 16, generator=g, dtype=dtype) - 0.5
-        a = torch.randn(dv1, r, generator=g, dtype=dtype)
-        e = torch.randn(dv1, rows, generator=g, dtype=dtype)
+        qt_big = (torch.rand(d, rows, generator=g, dtype=dtype) - 0.5).to(device)
+        qt_small = (torch.rand(d, 16, generator=g, dtype=dtype) - 0.5).to(device)
+        a = torch.randn(dv1, r, generator=g, dtype=dtype).to(device)
+        e = torch.randn(dv1, rows, generator=g, dtype=dtype).to(device)
         reps = 8
-        t_big = _best(lambda: [feats.cols(qt_big) for _ in range(reps)], 3) / reps
-        t_small = _best(lambda: [feats.cols(qt_small) for _ in range(reps)], 3) / reps
+        t_big = _best(lambda: [feats.cols(qt_big) for _ in range(reps)], 3, device) / reps
+        t_small = _best(lambda: [feats.cols(qt_small) for _ in range(reps)], 3, device) / reps
 
         def chunk() -> None:
             ft = feats.cols(qt_big)
             (a @ ft).mul_(e)
             e @ ft.transpose(-1, -2)
 
-        t_chunk = _best(lambda: [chunk() for _ in range(reps)], 3) / reps
+        def chunks() -> None:
+            for _ in range(reps):
+                chunk()
+
+        t_chunk = _best(chunks, 3, device) / reps
     ops = 1 + d * (p - 1)
     # t(rows) = ops * t_op + rows * r / rate: two sizes give both unknowns
     per_entry = max((t_big - t_small) / (r * (rows - 16)), 1e-13)
@@ -103,9 +116,10 @@ def _probe_spec(spec: ProblemSpec, budget: int) -> ProblemSpec:
     return replace(spec, seq_lens=tuple(max(1, int(n * lo)) for n in spec.seq_lens))
 
 
-def exact_probe(spec: ProblemSpec, budget: int, dtype: torch.dtype) -> tuple[float, str]:
+def exact_probe(spec: ProblemSpec, budget: int, dtype: torch.dtype,
+                device: torch.device = CPU) -> tuple[float, str]:
     """``(seconds per plan-FLOP, description)`` of the exact plan of ``spec``, measured on a scaled copy."""
-    key = (replace(spec, seq_lens=()), tuple(spec.seq_lens), budget, dtype, torch.get_num_threads())
+    key = (replace(spec, seq_lens=()), tuple(spec.seq_lens), budget, dtype, device, torch.get_num_threads())
     hit = _EXACT_CACHE.get(key)
     if hit is not None:
         return hit
@@ -115,13 +129,13 @@ def exact_probe(spec: ProblemSpec, budget: int, dtype: torch.dtype) -> tuple[flo
     plan = make_plan(small, "auto", budget)
     g = torch.Generator().manual_seed(0)
     batch = (small.batch,) if small.batch > 1 else ()
-    q = [torch.rand(*batch, n, small.head_dim, generator=g, dtype=dtype) - 0.5 for n in small.seq_lens]
-    v = [torch.randn(*batch, n, small.value_dim, generator=g, dtype=dtype) if hv else None
+    q = [(torch.rand(*batch, n, small.head_dim, generator=g, dtype=dtype) - 0.5).to(device) for n in small.seq_lens]
+    v = [torch.randn(*batch, n, small.value_dim, generator=g, dtype=dtype).to(device) if hv else None
          for n, hv in zip(small.seq_lens[1:], small.has_values)]
     prob = prepare(small.polynomial, q, v, causal=small.causal or False)
     with torch.no_grad():
-        first = _best(lambda: run(prob, plan), 1)
-        t = min(first, _best(lambda: run(prob, plan), 2 if first < 0.1 else 1))
+        first = _best(lambda: run(prob, plan), 1, device)
+        t = min(first, _best(lambda: run(prob, plan), 2 if first < 0.1 else 1, device))
     lens = "/".join(map(str, sorted(set(small.seq_lens))))
     out = (t / max(plan.flops, 1.0), f"probe of {plan.method!r} at n={lens} ({fmt_ms(t)}), scaled by FLOPs")
     _EXACT_CACHE[key] = out
@@ -132,10 +146,11 @@ def fmt_ms(t: float) -> str:
     return f"{t * 1e3:.3g} ms"
 
 
-def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype) -> CostModel:
+def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype,
+               device: torch.device = CPU) -> CostModel:
     """The measured :class:`CostModel` for one approx call (kernel constants + exact probe)."""
     threads = torch.get_num_threads()
-    prod, build, op = kernel_constants(dtype, threads, spec.value_dim + 1)
-    per_flop, probe = exact_probe(spec, budget, dtype)
+    prod, build, op = kernel_constants(dtype, threads, spec.value_dim + 1, device)
+    per_flop, probe = exact_probe(spec, budget, dtype, device)
     return CostModel(prod, build, op, per_flop, probe,
                      source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''})")

@@ -202,7 +202,7 @@ def _visit(
         e = None
         owned = False  # e is a fresh tensor of this chunk: multiply in place outside autograd
         for a_g, lg in zip(tensors[:n_sum], logit_in):
-            msg = a_g @ ft if lg else a_g  # zero edge: the same [.., dv1, 1] for every row
+            msg = a_g @ ft if lg and ft is not None else a_g  # zero edge: the same [.., dv1, 1] for every row
             e, owned = _times(e, msg, owned, fresh=lg)
         for x in tensors[n_sum:]:
             e, owned = _times(e, x, owned, fresh=False)
@@ -260,6 +260,8 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
 def _causal_edge(prob: Problem, e: _Edge, feats: Features, coefs: dict, m_c: torch.Tensor,
                  block: int, chunk: int) -> torch.Tensor:
     u, c = e.parent, e.child
+    fu: Callable[[torch.Tensor], torch.Tensor]
+    fc: Callable[[torch.Tensor], torch.Tensor]
     if e.logit:
         fu = fc = feats
         coef, pair = coefs[e.coeffs], _poly_pair(e.coeffs, prob.scale)

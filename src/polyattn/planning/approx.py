@@ -57,7 +57,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import MethodError, PolyAttentionError
+from ..errors import PolyAttentionError
 from .approx_bound import (  # noqa: F401 - re-exported
     BASES,
     DEFAULT_BASIS,
@@ -76,7 +76,14 @@ from .approx_bound import (  # noqa: F401 - re-exported
     relative_error_interval,
     taylor_ratio,
 )
-from .approx_cost import DEFAULT_COST_MODEL, CostModel, approx_seconds, approx_work, exact_seconds, fmt_seconds
+from .approx_cost import (
+    DEFAULT_COST_MODEL,
+    CostModel,
+    approx_seconds,
+    approx_work,
+    exact_seconds,
+    fmt_seconds,
+)
 from .approx_layout import (  # noqa: F401 - re-exported
     CAUSAL_BLOCK,
     CHUNK_FEATURE_BYTES,

@@ -120,7 +120,7 @@ def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str,
     x1's features (a chunk of rows), the coefficient vectors and the summaries over all alphas.
     Returns ``(((v, summary_expr), ...), final_expr, final_operands)``.
     """
-    import opt_einsum
+    import opt_einsum  # type: ignore[import-untyped]
 
     sym = opt_einsum.get_symbol
     t = spec.num_variables
@@ -153,7 +153,7 @@ def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str,
 
 def final_shapes(spec: ProblemSpec, operands: tuple[tuple, ...], rank: int, rows: int) -> list[tuple[int, ...]]:
     monos = spec.polynomial.monomials
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for kind, x in operands:
         if kind == "F1":
             shapes.append((spec.batch, rows, rank))
@@ -173,14 +173,16 @@ def plan_direct(spec: ProblemSpec, r: int) -> dict:
     Cheaper than the summaries for short sequences of cyclic polynomials (the row indices are
     contracted first), but it holds every feature matrix ``n_v x r`` at once.
     """
-    import opt_einsum
+    import opt_einsum  # type: ignore[import-untyped]
 
     sym = opt_einsum.get_symbol
     t = spec.num_variables
     b, z = sym(0), sym(1)
     lvar = {v: sym(1 + v) for v in range(1, t + 1)}
     alpha = {m: sym(2 + t + i) for i, m in enumerate(spec.polynomial.monomials)}
-    terms, ops, shapes = [], [], []
+    terms: list[str] = []
+    ops: list[tuple] = []
+    shapes: list[tuple[int, ...]] = []
     for m in spec.polynomial.monomials:
         for v in m:
             terms.append(b + lvar[v] + alpha[m])
@@ -208,7 +210,7 @@ def plan_direct(spec: ProblemSpec, r: int) -> dict:
 
 def plan_contract(spec: ProblemSpec, r: int, p: int, memory_budget: int) -> dict:
     """Summaries, final expression, x1 row chunk and opt_einsum path within the memory budget."""
-    import opt_einsum
+    import opt_einsum  # type: ignore[import-untyped]
 
     summaries, final, ops = contract_setup(spec)
     monos = spec.polynomial.monomials
