@@ -314,10 +314,11 @@ def _plot_throughput(rows: list[dict], args: argparse.Namespace) -> None:
 def suite_calibrate(args: argparse.Namespace) -> dict:
     consts = {}
     for dv1 in (2, 9, 17, 33):
-        prod, build, op = kernel_constants(torch.float32, torch.get_num_threads(), dv1)
-        consts[dv1] = {"product_flops": prod, "build_entries": build, "op_seconds": op}
+        prod, build, op, row, call = kernel_constants(torch.float32, torch.get_num_threads(), dv1)
+        consts[dv1] = {"product_flops": prod, "build_entries": build, "op_seconds": op, "row_seconds": row,
+                       "call_seconds": call}
         print(f"dv+1={dv1:2d}: products {prod / 1e9:.1f} GFLOP/s, construction {build / 1e9:.2f} G entries/s, "
-              f"{op * 1e6:.2f} us per op", flush=True)
+              f"{op * 1e6:.2f} us per op, {row * 1e9:.0f} ns per row, {call * 1e3:.2f} ms per call", flush=True)
     n = args.n or 65536
     spec = ProblemSpec.build(PATH, seq_len=n, head_dim=16, value_dim=8)
     model = cost_model(spec, 256 * 2**20, torch.float32)

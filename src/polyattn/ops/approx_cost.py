@@ -6,7 +6,8 @@ and shape), both with their own inputs (no global RNG, no autograd):
 * :func:`kernel_constants` — the approx kernel's own constants: throughput of the transposed
   feature-space products (``[dv+1, r] @ [r, rows]`` and ``[dv+1, rows] @ [rows, r]`` on a
   cache-sized chunk, as the kernel runs them), the rate of the feature construction and the fixed
-  cost of one torch op (two chunk sizes separate the two). About 50 ms.
+  cost of one torch op (two chunk sizes separate the two), and the per-row and per-call costs of
+  everything else (whole degree-0 calls at two sizes). About 0.1 s.
 * :func:`exact_probe` — the exact plan (``make_plan(spec, "auto")``) of a scaled-down copy of the
   problem (same polynomial, d, dv, batch, causality; lengths shrunk until the plan costs at most
   :data:`PROBE_FLOPS`) is run; its seconds per plan-FLOP scale to the full problem by the FLOP
@@ -63,8 +64,9 @@ def _best(fn, reps: int, device: torch.device = CPU) -> float:  # noqa: ANN001
 
 @lru_cache(maxsize=64)
 def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
-                     device: torch.device = CPU) -> tuple[float, float, float]:
-    """``(product FLOP/s, feature entries/s, seconds per op)`` of the approx kernel on this machine."""
+                     device: torch.device = CPU) -> tuple[float, float, float, float, float]:
+    """``(product FLOP/s, feature entries/s, seconds per op, seconds per row, seconds per call)``
+    of the approx kernel on this machine (the last two from whole degree-0 calls at two sizes)."""
     del threads  # part of the cache key: the measurement runs at the current thread count
     d, p = 16, 4
     feats = Features(d, p, 1.0, device, dtype)
@@ -73,14 +75,16 @@ def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
     spec = ProblemSpec.build("x1*x2", seq_len=1 << 16, head_dim=d, value_dim=max(1, dv1 - 1),
                              itemsize=torch.tensor([], dtype=dtype).element_size())
     rows = chunk_rows(spec, r, 1 << 40)
+    small = 8  # rows of a chunk whose construction is almost pure per-op dispatch
     with torch.no_grad():
         qt_big = (torch.rand(d, rows, generator=g, dtype=dtype) - 0.5).to(device)
-        qt_small = (torch.rand(d, 16, generator=g, dtype=dtype) - 0.5).to(device)
+        qt_small = (torch.rand(d, small, generator=g, dtype=dtype) - 0.5).to(device)
         a = torch.randn(dv1, r, generator=g, dtype=dtype).to(device)
         e = torch.randn(dv1, rows, generator=g, dtype=dtype).to(device)
         reps = 8
-        t_big = _best(lambda: [feats.cols(qt_big) for _ in range(reps)], 3, device) / reps
-        t_small = _best(lambda: [feats.cols(qt_small) for _ in range(reps)], 3, device) / reps
+
+        def builds(qt: torch.Tensor) -> float:
+            return _best(lambda: [feats.cols(qt) for _ in range(reps)], 5, device) / reps
 
         def chunk() -> None:
             ft = feats.cols(qt_big)
@@ -91,13 +95,39 @@ def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
             for _ in range(reps):
                 chunk()
 
-        t_chunk = _best(chunks, 3, device) / reps
+        t_small, t_big = builds(qt_small), builds(qt_big)
+        t_chunk = _best(chunks, 5, device) / reps
     ops = 1 + d * (p - 1)
-    # t(rows) = ops * t_op + rows * r / rate: two sizes give both unknowns
-    per_entry = max((t_big - t_small) / (r * (rows - 16)), 1e-13)
-    t_op = max((t_small - 16 * r * per_entry) / ops, 1e-7)
+    # t(rows) = ops * t_op + rows * r / rate; the small chunk is (nearly) all dispatch
+    t_op = max(t_small / ops, 1e-7)
+    per_entry = max((t_big - t_small) / (r * (rows - small)), t_big / (r * rows) * 0.1, 1e-12)
     t_prod = max(t_chunk - t_big, 1e-9)
-    return 2 * 2 * dv1 * r * rows / t_prod, 1.0 / per_entry, t_op
+    t_row, t_call = _call_overheads(dtype, dv1, device)
+    return 2 * 2 * dv1 * r * rows / t_prod, 1.0 / per_entry, t_op, t_row, t_call
+
+
+def _call_overheads(dtype: torch.dtype, dv1: int, device: torch.device) -> tuple[float, float]:
+    """``(seconds per row, seconds per call)`` of whole approx calls with degree 0 (features and
+    products negligible): statistics, values, normalisation, planning."""
+    from .approx import approx_attention, approx_hook
+
+    g = torch.Generator().manual_seed(1)
+    times = {}
+    for n in (256, 4096):
+        q = [(torch.rand(n, 16, generator=g, dtype=dtype) - 0.5).to(device) for _ in range(3)]
+        v = [torch.randn(n, dv1 - 1, generator=g, dtype=dtype).to(device) if dv1 > 1 else None for _ in range(2)]
+        prob = prepare("x1*x2 + x2*x3", q, v)
+        opts = {"degree": 0, "allow_slower": True}
+        structure = make_plan(prob.spec, "approx", 1 << 40)
+
+        def call() -> None:
+            approx_attention(prob, approx_hook(prob, structure, opts))  # noqa: B023
+
+        with torch.no_grad():
+            call()
+            times[n] = _best(call, 3, device)
+    per_row = max((times[4096] - times[256]) / (3 * (4096 - 256)), 0.0)
+    return per_row, max(times[256] - 3 * 256 * per_row, 0.0)
 
 
 def _probe_spec(spec: ProblemSpec, budget: int) -> ProblemSpec:
@@ -150,7 +180,7 @@ def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype,
                device: torch.device = CPU) -> CostModel:
     """The measured :class:`CostModel` for one approx call (kernel constants + exact probe)."""
     threads = torch.get_num_threads()
-    prod, build, op = kernel_constants(dtype, threads, spec.value_dim + 1, device)
+    prod, build, op, row, call = kernel_constants(dtype, threads, spec.value_dim + 1, device)
     per_flop, probe = exact_probe(spec, budget, dtype, device)
-    return CostModel(prod, build, op, per_flop, probe,
+    return CostModel(prod, build, op, row, call, per_flop, probe,
                      source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''})")

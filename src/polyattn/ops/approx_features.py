@@ -20,12 +20,20 @@ small chunks). Under autograd a differentiable construction (``torch.cat``) is u
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 from ..planning.approx import feature_table
 
 __all__ = ["Features"]
+
+
+@lru_cache(maxsize=32)
+def _degree_tables(d: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(|alpha|, 1/alpha!)`` of every feature as tensors (int64, float64)."""
+    _, inv_fact, degs = feature_table(d, degree)
+    return torch.tensor(degs, dtype=torch.int64), torch.tensor(inv_fact, dtype=torch.float64)
 
 
 class _ChunkBuffer:
@@ -76,8 +84,10 @@ class Features:
 
     def coef(self, a: tuple[float, ...]) -> torch.Tensor:
         """``coef[alpha] = a_{|alpha|} s^{|alpha|} |alpha|! / alpha!`` so that ``P(x_m) = sum coef prod_v F_v``."""
-        vals = [a[k] * self.scale**k * math.factorial(k) * f for f, k in zip(self.inv_fact, self.degs)]
-        return torch.tensor(vals, dtype=self.dtype, device=self.device)
+        per_degree = torch.tensor([a[k] * self.scale**k * math.factorial(k) for k in range(self.degree + 1)],
+                                  dtype=torch.float64)
+        degs, inv_fact = _degree_tables(self.d, self.degree)
+        return (per_degree[degs] * inv_fact).to(dtype=self.dtype, device=self.device)
 
     def cols(self, qt: torch.Tensor) -> torch.Tensor:
         """``F^T`` (``[..., r, rows]``) from ``qt = q^T`` (``[..., d, rows]``)."""

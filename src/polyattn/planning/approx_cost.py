@@ -5,11 +5,13 @@ FLOP + memory-traffic + dispatch model,
 
 .. math::
     t_{approx} = \frac{\text{product FLOPs}}{R_{prod}} + \frac{\text{feature entries}}{R_{build}}
-                 + \text{ops} \cdot t_{op},
+                 + \text{ops} \cdot t_{op} + \text{rows} \cdot t_{row} + t_{call},
 
 with ``R_prod`` the throughput of the skinny feature-space GEMMs (``[dv+1, r] @ [r, rows]`` on a
 cache-sized chunk), ``R_build`` the rate at which the symmetric-power construction writes feature
-entries, and ``t_op`` the fixed cost of one torch op in the chunk loops.
+entries, ``t_op`` the fixed cost of one torch op in the chunk loops, ``t_row`` the per-row cost of
+everything linear outside the features (entry statistics for the bound, values, normalisation;
+summed over all variables' rows) and ``t_call`` the fixed cost of a call (planning included).
 
 **Exact** (``make_plan(spec, "auto", memory_budget)``): its FLOP count times a measured
 ``seconds per plan-FLOP`` of that very plan on this machine (a probe on a scaled-down copy of the
@@ -58,6 +60,8 @@ class CostModel:
     product_flops: float
     build_entries: float
     op_seconds: float
+    row_seconds: float = 0.0
+    call_seconds: float = 0.0
     exact_seconds_per_flop: float | None = None
     exact_probe: str = ""
     source: str = "with the development machine's default constants (not measured here)"
@@ -67,7 +71,8 @@ class CostModel:
 
     def to_dict(self) -> dict:
         return {"product_flops": self.product_flops, "build_entries": self.build_entries,
-                "op_seconds": self.op_seconds, "exact_seconds_per_flop": self.exact_seconds_per_flop,
+                "op_seconds": self.op_seconds, "row_seconds": self.row_seconds, "call_seconds": self.call_seconds,
+                "exact_seconds_per_flop": self.exact_seconds_per_flop,
                 "exact_probe": self.exact_probe, "source": self.source}
 
 
@@ -77,8 +82,8 @@ DEFAULT_COST_MODEL = CostModel(product_flops=45e9, build_entries=5e9, op_seconds
 
 
 def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
-                chunk: int, flops: float) -> tuple[float, float, float]:
-    """``(product FLOPs, feature entries built, torch ops)`` of one approx call.
+                chunk: int, flops: float) -> tuple[float, float, float, float]:
+    """``(product FLOPs, feature entries built, torch ops, rows)`` of one approx call.
 
     Tree: every variable incident to a monomial builds its features once per chunk (a causal edge
     builds both ends' features again inside its prefix sums) and every logit edge costs two
@@ -89,12 +94,13 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
 
     b, d = spec.batch, spec.head_dim
     chunk = max(1, chunk)
+    rows = float(b * sum(spec.seq_lens))
     per_chunk_ops = build_ops_per_chunk(d, degree) + OPS_PER_CHUNK
     if strategy != "tree":
         used = spec.polynomial.used_variables
         entries = float(sum(b * spec.seq_lens[v - 1] * rank for v in used))
         ops = float(sum(math.ceil(spec.seq_lens[v - 1] / chunk) for v in used)) * (per_chunk_ops + 4)
-        return float(flops), entries, ops
+        return float(flops), entries, ops, rows
     assert parent is not None
     monos = set(spec.polynomial.monomials)
     causal = spec.causal_pairs()
@@ -113,13 +119,14 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
         n = spec.seq_lens[v - 1]
         entries += float(b * n * rank)
         ops += math.ceil(n / chunk) * per_chunk_ops
-    return float(flops), entries, ops
+    return float(flops), entries, ops, rows
 
 
-def approx_seconds(work: tuple[float, float, float], model: CostModel) -> float:
-    """Seconds for ``work = (product FLOPs, feature entries, ops)`` under ``model``."""
-    prod, entries, ops = work
-    return prod / model.product_flops + entries / model.build_entries + ops * model.op_seconds
+def approx_seconds(work: tuple[float, float, float, float], model: CostModel) -> float:
+    """Seconds for ``work = (product FLOPs, feature entries, ops, rows)`` under ``model``."""
+    prod, entries, ops, rows = work
+    return (prod / model.product_flops + entries / model.build_entries + ops * model.op_seconds
+            + rows * model.row_seconds + model.call_seconds)
 
 
 def exact_seconds(plan: Plan, model: CostModel) -> float:
