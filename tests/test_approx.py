@@ -459,3 +459,26 @@ def test_feature_columns_reuse_buffers_correctly(batch):
         torch.testing.assert_close(got, whole[..., r0 : r0 + 100])
     assert len(f._buffers) == 2
     torch.testing.assert_close(f(q), whole.transpose(-1, -2))
+
+
+# ----------------------------------------------------------------------------- benchmark suites
+def test_bench_sweep_and_calibrate_write_json(tmp_path):
+    """Wiring of `polyattn bench approx sweep|calibrate` at toy sizes (no timing asserted)."""
+    from polyattn.cli import main
+
+    rc = main(["bench", "approx", "sweep", "--sizes", "48", "--dims", "4", "--reps", "1", "--exact-reps", "1",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "approx_sweep.json").read_text())
+    rows = doc["rows"]
+    assert {r["values"] for r in rows} == {"uniform", "gaussian", "heavy"} and len(rows) == 6
+    for r in rows:
+        assert r["decision"] == "approx" or r["decision"].startswith(("exact", "unreachable"))
+        if "observed_error" in r:
+            assert r["bound_holds"] and r["speedup"] > 0 and r["predicted_speedup"] > 0
+    assert (tmp_path / "approx_sweep.png").stat().st_size > 1000
+    rc = main(["bench", "approx", "calibrate", "--n", "256", "--out", str(tmp_path)])
+    assert rc == 0
+    cal = json.loads((tmp_path / "approx_calibrate.json").read_text())
+    assert set(cal["kernel_constants"]) == {"2", "9", "17", "33"}
+    assert cal["target_model"]["exact_seconds_per_flop"] > 0

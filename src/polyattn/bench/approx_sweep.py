@@ -176,8 +176,11 @@ def _plot_sweep(rows: list[dict], args: argparse.Namespace) -> None:
                 elif r is not None:
                     refused.append(x)
             hatch = "//" if key == "rtol" else ""
-            ax.bar(xs, ys, width, color=f"C{j}", hatch=hatch, edgecolor="k", lw=0.4,
-                   label=f"d={d}, {key}=1e-3", alpha=[0.35 if y < 1 else 1.0 for y in ys] or 1.0)
+            bars = ax.bar(xs, ys, width, color=f"C{j}", hatch=hatch, edgecolor="k", lw=0.4,
+                          label=f"d={d}, {key}=1e-3")
+            for bar, y in zip(bars, ys):
+                if y < 1:
+                    bar.set_alpha(0.35)
             ax.plot(refused, [1.0] * len(refused), "x", color=f"C{j}", ms=8)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
