@@ -1,26 +1,25 @@
 r"""``method="approx"``: almost-linear poly-attention by the polynomial method (DESIGN §2).
 
-Each monomial's ``exp(x_m)`` becomes the even Taylor polynomial ``P_p(x_m)``, which factorises as
-``sum_alpha coef[alpha] prod_{v in m} F_v[l_v, alpha]`` with ``F_v[l, alpha] = Q_v[l]^alpha``
-(symmetric tensor powers, rank ``r = C(d+p, p)``) and ``coef[alpha] = a_|alpha| s^|alpha| |alpha|!/alpha!``
-for the polynomial ``P(x) = sum_i a_i x^i`` (Chebyshev interpolant or Taylor); see
-:mod:`polyattn.planning.approx` for the a-priori error bound and the degree choice.
+Each monomial's ``exp(x_m)`` becomes a polynomial ``P(x) = sum_i a_i x^i`` (Chebyshev interpolant
+or even Taylor truncation), which factorises as ``sum_alpha coef[alpha] prod_{v in m} F_v[l_v, alpha]``
+with ``F_v[l, alpha] = Q_v[l]^alpha`` (symmetric tensor powers, rank ``r = C(d+p, p)``) and
+``coef[alpha] = a_|alpha| s^|alpha| |alpha|!/alpha!``; see :mod:`polyattn.planning.approx` for the
+a-priori error bound, the degree choice (``tolerance=`` / ``rtol=``) and the time estimates.
 
 Every value carries an extra all-ones channel (the normaliser), so one contraction gives numerator
-and denominator; ``P_p > 0`` makes the denominator positive. Sums over a variable's rows are means
-(divided by ``n_v``) so nothing overflows however long the sequences are.
+and denominator; ``P > 0`` on the logit range makes the denominator positive. Sums over a
+variable's rows are means (divided by ``n_v``) so nothing overflows however long the sequences are.
 
 * **Tree factor graphs** (monomials of degree 2 forming a forest, plus causal pairs): message
-  passing in feature space, leaves first. For edge (parent u, child c) the child's message
-  ``m_c = V_c (*) prod_g e_{g->c}`` is summarised as ``A_c = coef * F_c^T m_c / n_c`` (``r x (dv+1)``)
-  and the parent receives ``e_{c->u} = F_u A_c``: ``O(n r (dv+1))`` per edge, computed in row chunks
-  (autograd recomputes each chunk's features in backward, so memory stays bounded).
-  Causal edges (``l_c <= l_u`` or ``l_u <= l_c``) use prefix (suffix) sums of ``F_c (x) m_c`` over
-  blocks of rows, linear-attention style, still ``O(n r (dv+1))``.
-* **Other polynomials** (cycles, degree >= 3): one einsum over all features, values and
-  coefficients, contracted along the opt_einsum path stored in the plan.
+  passing in feature space, :mod:`polyattn.ops.approx_tree` (features built feature-major in
+  cache-sized row chunks, :mod:`polyattn.ops.approx_features`).
+* **Other polynomials** (cycles, degree >= 3): per-variable summaries and one einsum along the
+  opt_einsum path stored in the plan (this module).
 
-Pair masks are rejected by the planner (they do not factor through the features).
+This module also holds the entry statistics (:func:`measure`) and :func:`approx_hook`, which turns
+the structure-only plan into the data-dependent one with the cost model measured by
+:mod:`polyattn.ops.approx_cost`. Pair masks are rejected by the planner (they do not factor
+through the features).
 """
 
 from __future__ import annotations
