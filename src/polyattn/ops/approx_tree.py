@@ -162,12 +162,18 @@ def _edges(prob: Problem, plan: ApproxPlan) -> dict[int, _Edge]:
     return out
 
 
+def _fits(small: torch.Size, big: torch.Size) -> bool:
+    """``small`` broadcasts to ``big`` without growing it (so ``big *= small`` is valid in place)."""
+    if len(small) > len(big):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(small), reversed(big)))
+
+
 def _times(e: torch.Tensor | None, x: torch.Tensor, owned: bool, fresh: bool) -> tuple[torch.Tensor, bool]:
     """``e * x`` (``x`` itself when ``e`` is None), in place when ``e`` is this chunk's own tensor."""
     if e is None:
         return x, fresh
-    if owned and not (torch.is_grad_enabled() and (e.requires_grad or x.requires_grad)) \
-            and e.shape == torch.broadcast_shapes(e.shape, x.shape):
+    if owned and not (torch.is_grad_enabled() and (e.requires_grad or x.requires_grad)) and _fits(x.shape, e.shape):
         return e.mul_(x), True
     return e * x, True
 
