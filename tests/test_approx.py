@@ -108,7 +108,7 @@ def test_bound_holds_on_random_cases():
     observed <= predicted."""
     rng = random.Random(1234)
     checked = {(k, dist): 0 for k in (2, 3) for dist in DISTRIBUTIONS}
-    for i in range(180):
+    for i in range(150):
         k = 2 if i % 2 == 0 else 3
         dist = DISTRIBUTIONS[(i // 2) % 3]
         poly = rng.choice(DEG2 if k == 2 else DEG3)
@@ -118,7 +118,7 @@ def test_bound_holds_on_random_cases():
         err, bound = res
         assert err <= bound * (1 + 1e-9) + 1e-13, (poly, dist, err, bound)
         checked[k, dist] += 1
-    assert sum(checked.values()) >= 120 and min(checked.values()) >= 15, checked
+    assert sum(checked.values()) >= 100 and min(checked.values()) >= 12, checked
 
 
 def test_bound_holds_causal_tree():
@@ -420,7 +420,8 @@ def test_slower_than_exact_raises_on_real_tensors_unless_allowed():
     v = [torch.randn(16, 4) for _ in range(2)]
     # degree 6 at d = 8 is rank 3003 for 16 rows: orders of magnitude slower than 2 x 16 x 16 exact scores
     with pytest.raises(ApproximationRangeError, match="slower than the exact method .* vs exact 'tree' ~ .*"
-                       r"\(approx: cost model measured on this machine \(\d+ threads?\); exact: probe of 'tree' at n=16"):
+                       r"\(approx: cost model measured on this machine \(\d+ threads?\), probe of approx at n=16 "
+                       r".*; exact: probe of 'tree' at n=16"):
         polyattn.poly_attention("x1*x2 + x2*x3", q, v, method="approx", degree=6)
     plan = approx_plan("x1*x2 + x2*x3", q, v, degree=6)  # insisting: default constants, nothing measured
     assert plan.allow_slower and "default constants" in plan.cost_source
@@ -462,8 +463,8 @@ def test_feature_columns_reuse_buffers_correctly(batch):
 
 
 # ----------------------------------------------------------------------------- benchmark suites
-def test_bench_sweep_and_calibrate_write_json(tmp_path):
-    """Wiring of `polyattn bench approx sweep|calibrate` at toy sizes (no timing asserted)."""
+def test_bench_sweep_writes_json(tmp_path):
+    """Wiring of `polyattn bench approx sweep` at toy sizes (no timing asserted)."""
     from polyattn.cli import main
 
     rc = main(["bench", "approx", "sweep", "--sizes", "48", "--dims", "4", "--reps", "1", "--exact-reps", "1",
@@ -477,8 +478,3 @@ def test_bench_sweep_and_calibrate_write_json(tmp_path):
         if "observed_error" in r:
             assert r["bound_holds"] and r["speedup"] > 0 and r["predicted_speedup"] > 0
     assert (tmp_path / "approx_sweep.png").stat().st_size > 1000
-    rc = main(["bench", "approx", "calibrate", "--n", "256", "--out", str(tmp_path)])
-    assert rc == 0
-    cal = json.loads((tmp_path / "approx_calibrate.json").read_text())
-    assert set(cal["kernel_constants"]) == {"2", "9", "17", "33"}
-    assert cal["target_model"]["exact_seconds_per_flop"] > 0

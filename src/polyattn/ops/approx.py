@@ -25,6 +25,7 @@ through the features).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import opt_einsum
 import torch
@@ -32,7 +33,7 @@ import torch
 from ..errors import PolyAttentionError
 from ..planning import Plan
 from ..planning.approx import DEFAULT_BASIS, ApproxPlan, ApproxStats, plan_approx
-from .approx_cost import cost_model
+from .approx_cost import approx_probe, cost_model
 from .approx_features import Features
 from .approx_tree import finish as _finish
 from .approx_tree import run_chunk as _run
@@ -84,8 +85,10 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     The degree is chosen first (pure planning, default cost model), so an unreachable accuracy
     fails before anything is measured. With ``allow_slower=True`` that plan is returned (its time
     estimates use the default constants). Otherwise the cost model is measured on this machine
-    (:func:`polyattn.ops.approx_cost.cost_model`, cached per process) and the plan re-made with it,
-    which raises when the approximation would be slower than the exact plan.
+    (:func:`polyattn.ops.approx_cost.cost_model`: kernel constants and a probe of the exact plan;
+    then :func:`~polyattn.ops.approx_cost.approx_probe`: a short run of this very approximation on
+    a scaled-down copy; all cached per process) and the plan re-made with it, which raises when the
+    approximation would be slower than the exact plan.
     """
     unknown = sorted(set(options) - set(APPROX_OPTIONS))
     if unknown:
@@ -108,6 +111,9 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
         return first
     model = cost_model(prob.spec, first.memory_budget, prob.dtype, prob.device)
+    first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, cost_model=model, **kw)
+    scale, probe = approx_probe(first, model, prob.dtype, prob.device)
+    model = replace(model, approx_scale=scale, approx_probe=probe)
     return plan_approx(prob.spec, stats=stats, scale=prob.scale, cost_model=model,
                        allow_slower=allow_slower, **kw)  # type: ignore[arg-type]
 

@@ -26,17 +26,22 @@ from functools import lru_cache
 import torch
 
 from ..planning import ProblemSpec
-from ..planning.approx import CostModel, chunk_rows
+from ..planning.approx import ApproxPlan, CostModel, chunk_rows, plan_approx
 from ..planning.strategy import make_plan
 from .approx_features import Features
 from .inputs import prepare
 
-__all__ = ["kernel_constants", "exact_probe", "cost_model", "PROBE_FLOPS", "clear_cache"]
+__all__ = ["kernel_constants", "exact_probe", "approx_probe", "cost_model", "PROBE_FLOPS", "PROBE_SECONDS",
+           "clear_cache"]
 
 #: Largest plan-FLOP count of the exact probe (about 30 ms at the tree kernel's ~30 GFLOP/s).
 PROBE_FLOPS = 1e9
 
+#: Target duration of the approx probe (its rows are chosen from the model's estimate).
+PROBE_SECONDS = 0.03
+
 _EXACT_CACHE: dict[tuple, tuple[float, str]] = {}
+_APPROX_CACHE: dict[tuple, tuple[float, str]] = {}
 CPU = torch.device("cpu")
 
 
@@ -44,6 +49,7 @@ def clear_cache() -> None:
     """Forget every measurement (the next approx call re-measures)."""
     kernel_constants.cache_clear()
     _EXACT_CACHE.clear()
+    _APPROX_CACHE.clear()
 
 
 def _sync(device: torch.device) -> None:
@@ -81,10 +87,10 @@ def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
         qt_small = (torch.rand(d, small, generator=g, dtype=dtype) - 0.5).to(device)
         a = torch.randn(dv1, r, generator=g, dtype=dtype).to(device)
         e = torch.randn(dv1, rows, generator=g, dtype=dtype).to(device)
-        reps = 8
+        reps = 4
 
         def builds(qt: torch.Tensor) -> float:
-            return _best(lambda: [feats.cols(qt) for _ in range(reps)], 5, device) / reps
+            return _best(lambda: [feats.cols(qt) for _ in range(reps)], 3, device) / reps
 
         def chunk() -> None:
             ft = feats.cols(qt_big)
@@ -96,7 +102,7 @@ def kernel_constants(dtype: torch.dtype, threads: int, dv1: int,
                 chunk()
 
         t_small, t_big = builds(qt_small), builds(qt_big)
-        t_chunk = _best(chunks, 5, device) / reps
+        t_chunk = _best(chunks, 3, device) / reps
     ops = 1 + d * (p - 1)
     # t(rows) = ops * t_op + rows * r / rate; the small chunk is (nearly) all dispatch
     t_op = max(t_small / ops, 1e-7)
@@ -157,12 +163,7 @@ def exact_probe(spec: ProblemSpec, budget: int, dtype: torch.dtype,
 
     small = _probe_spec(spec, budget)
     plan = make_plan(small, "auto", budget)
-    g = torch.Generator().manual_seed(0)
-    batch = (small.batch,) if small.batch > 1 else ()
-    q = [(torch.rand(*batch, n, small.head_dim, generator=g, dtype=dtype) - 0.5).to(device) for n in small.seq_lens]
-    v = [torch.randn(*batch, n, small.value_dim, generator=g, dtype=dtype).to(device) if hv else None
-         for n, hv in zip(small.seq_lens[1:], small.has_values)]
-    prob = prepare(small.polynomial, q, v, causal=small.causal or False)
+    prob = _random_problem(small, dtype, device)
     with torch.no_grad():
         first = _best(lambda: run(prob, plan), 1, device)
         t = min(first, _best(lambda: run(prob, plan), 2 if first < 0.1 else 1, device))
@@ -184,3 +185,51 @@ def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype,
     per_flop, probe = exact_probe(spec, budget, dtype, device)
     return CostModel(prod, build, op, row, call, per_flop, probe,
                      source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''})")
+
+
+def _random_problem(spec: ProblemSpec, dtype: torch.dtype, device: torch.device):  # noqa: ANN202
+    """Inputs of ``spec``'s shape: queries uniform in [-0.5, 0.5], Gaussian values."""
+    g = torch.Generator().manual_seed(0)
+    batch = (spec.batch,) if spec.batch > 1 else ()
+    q = [(torch.rand(*batch, n, spec.head_dim, generator=g, dtype=dtype) - 0.5).to(device) for n in spec.seq_lens]
+    v = [torch.randn(*batch, n, spec.value_dim, generator=g, dtype=dtype).to(device) if hv else None
+         for n, hv in zip(spec.seq_lens[1:], spec.has_values)]
+    return prepare(spec.polynomial, q, v, causal=spec.causal or False)
+
+
+def approx_probe(plan: ApproxPlan, model: CostModel, dtype: torch.dtype,
+                 device: torch.device = CPU) -> tuple[float, str]:
+    """``(measured / modelled seconds, description)`` of the approx kernel on a scaled-down copy of
+    ``plan``'s problem (same degree, rank and chunk rows; about :data:`PROBE_SECONDS` long)."""
+    spec = plan.spec
+    key = (replace(spec, seq_lens=()), plan.degree, plan.basis, plan.chunk_rows, plan.memory_budget, dtype,
+           device, torch.get_num_threads())
+    hit = _APPROX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    from .approx import approx_attention, approx_hook
+
+    est = plan.seconds if plan.seconds else PROBE_SECONDS
+    frac = min(1.0, PROBE_SECONDS / max(est, 1e-9))
+    chunk = max(1, plan.chunk_rows)
+    lens = tuple(min(n, max(4 * chunk, int(n * frac))) for n in spec.seq_lens)
+    small = replace(spec, seq_lens=lens)
+    prob = _random_problem(small, dtype, device)
+    opts = {"degree": plan.degree, "basis": plan.basis, "allow_slower": True}
+    structure = make_plan(small, "approx", plan.memory_budget)
+    try:
+        modelled = plan_approx(small, entry_bound=0.5, degree=plan.degree, basis=plan.basis,
+                               memory_budget=plan.memory_budget, cost_model=model, allow_slower=True).seconds
+    except Exception:  # noqa: BLE001 - a probe that cannot be planned leaves the model as it is
+        return 1.0, "no probe of the approx kernel (could not plan it)"
+
+    def call() -> None:
+        approx_attention(prob, approx_hook(prob, structure, opts))
+
+    with torch.no_grad():
+        t = _best(call, 2, device)
+    scale = t / max(modelled or 0.0, 1e-12)
+    out = (scale, f"probe of approx at n={'/'.join(map(str, sorted(set(lens))))} ({fmt_ms(t)}; "
+                  f"{scale:.2g}x the model)")
+    _APPROX_CACHE[key] = out
+    return out

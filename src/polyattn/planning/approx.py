@@ -555,7 +555,8 @@ def plan_approx(
 
 def _source_text(model: CostModel) -> str:
     exact = model.exact_probe or "default rates per step kind"
-    return f"approx: cost model {model.source}; exact: {exact}"
+    approx = f"cost model {model.source}" + (f", {model.approx_probe}" if model.approx_probe else "")
+    return f"approx: {approx}; exact: {exact}"
 
 
 register_planner("approx", _structure_plan, auto=False)

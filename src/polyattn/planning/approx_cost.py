@@ -20,8 +20,11 @@ problem, :mod:`polyattn.ops.approx_cost`), because the exact kernels' cost per F
 d = 16, dv = 8 but 4.3 ns at d = 64, dv = 1). Without a probe, per-step-kind default rates are used.
 
 The constants are *measured* by :mod:`polyattn.ops.approx_cost` (once per process, dtype, thread
-count and value width) and passed in as a :class:`CostModel`; :data:`DEFAULT_COST_MODEL` holds the
-values measured on the development machine (1 thread) for torch-free planning.
+count and value width) and passed in as a :class:`CostModel`; a short probe of the approx kernel
+itself at the call's shape (rank, chunking, value width) then corrects the model by one factor,
+``approx_scale`` = measured / modelled seconds of the probe, because isolated micro-benchmarks of
+the products and the construction miss how they interact in cache. :data:`DEFAULT_COST_MODEL`
+holds the values measured on the development machine (1 thread) for torch-free planning.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class CostModel:
     call_seconds: float = 0.0
     exact_seconds_per_flop: float | None = None
     exact_probe: str = ""
+    approx_scale: float = 1.0  # measured / modelled time of a probe of the approx kernel at this shape
+    approx_probe: str = ""
     source: str = "with the development machine's default constants (not measured here)"
 
     def with_exact(self, seconds_per_flop: float, probe: str) -> CostModel:
@@ -72,7 +77,8 @@ class CostModel:
     def to_dict(self) -> dict:
         return {"product_flops": self.product_flops, "build_entries": self.build_entries,
                 "op_seconds": self.op_seconds, "row_seconds": self.row_seconds, "call_seconds": self.call_seconds,
-                "exact_seconds_per_flop": self.exact_seconds_per_flop,
+                "exact_seconds_per_flop": self.exact_seconds_per_flop, "approx_scale": self.approx_scale,
+                "approx_probe": self.approx_probe,
                 "exact_probe": self.exact_probe, "source": self.source}
 
 
@@ -125,8 +131,8 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
 def approx_seconds(work: tuple[float, float, float, float], model: CostModel) -> float:
     """Seconds for ``work = (product FLOPs, feature entries, ops, rows)`` under ``model``."""
     prod, entries, ops, rows = work
-    return (prod / model.product_flops + entries / model.build_entries + ops * model.op_seconds
-            + rows * model.row_seconds + model.call_seconds)
+    return model.approx_scale * (prod / model.product_flops + entries / model.build_entries
+                                 + ops * model.op_seconds + rows * model.row_seconds + model.call_seconds)
 
 
 def exact_seconds(plan: Plan, model: CostModel) -> float:
