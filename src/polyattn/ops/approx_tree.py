@@ -195,6 +195,8 @@ def _visit(
     logit_in = [e.logit for e, _ in plain]
     needs_feats = any(logit_in) or (up_plain and up.logit)  # type: ignore[union-attr]
     qt = prob.q[c].transpose(-1, -2)  # type: ignore[union-attr]
+    if needs_feats and not qt.requires_grad:
+        qt = qt.contiguous()  # [..., d, n]: each chunk's coordinate rows are then contiguous copies
     rest = [m.transpose(-1, -2) for m in row_msgs]
     if prob.v[c] is not None:
         rest.append(value_ext(prob, c).transpose(-1, -2))
