@@ -67,23 +67,22 @@ def _best(fn, reps: int):  # noqa: ANN001, ANN202
 
 # ------------------------------------------------------------------------------- sweep
 def _plan_or_reason(q, v, acc: dict):  # noqa: ANN001, ANN202
-    """``(plan, decision)``: the measured plan, or the insisted one when refused as slower."""
-    try:
-        return polyattn.plan_for(PATH, q, v, method="approx", **acc), "approx"
-    except ApproximationRangeError as e:
-        if "slower than the exact method" not in str(e):
-            return None, "unreachable: " + str(e).split(";")[0]
-    # same estimates, with the measured model (the measurement is cached): rebuild them
-    plan: ApproxPlan = polyattn.plan_for(PATH, q, v, method="approx", allow_slower=True, **acc)  # type: ignore[assignment]
-    from polyattn.ops.approx import measure
-    from polyattn.ops.approx_cost import cost_model as measured
+    """``(plan, decision)``: the measured plan, also when refused as slower (then the decision says so)."""
+    from polyattn.ops.approx import _plan_options, measure, measured_plan
     from polyattn.ops.inputs import prepare
     from polyattn.planning.approx import plan_approx
 
     prob = prepare(PATH, q, v)
-    plan = plan_approx(prob.spec, stats=measure(prob), scale=prob.scale, allow_slower=True,
-                       cost_model=measured(prob.spec, plan.memory_budget, prob.dtype), **acc)
-    return plan, "exact (approx refused as slower)"
+    structure = polyattn.plan(PATH, seq_len=tuple(prob.spec.seq_lens), head_dim=prob.spec.head_dim,
+                              value_dim=prob.spec.value_dim, method="approx")
+    kw = _plan_options(structure, acc)
+    stats = measure(prob)
+    try:
+        first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
+    except ApproximationRangeError as e:
+        return None, "unreachable: " + str(e).split(";")[0]
+    plan = measured_plan(prob, first, stats, kw, allow_slower=True)
+    return plan, "approx" if plan.faster_than_exact else "exact (approx refused as slower)"
 
 
 def _sweep_case(q, v, ref, t_ex: float, acc: dict, args: argparse.Namespace) -> dict:  # noqa: ANN001
@@ -177,12 +176,14 @@ def _plot_sweep(rows: list[dict], args: argparse.Namespace) -> None:
                 elif r is not None:
                     refused.append(x)
             hatch = "//" if key == "rtol" else ""
+            label = f"d={d}, {key}=1e-3"
             bars = ax.bar(xs, ys, width, color=f"C{j}", hatch=hatch, edgecolor="k", lw=0.4,
-                          label=f"d={d}, {key}=1e-3")
+                          label=label if xs else None)
             for bar, y in zip(bars, ys):
                 if y < 1:
                     bar.set_alpha(0.35)
-            ax.plot(refused, [1.0] * len(refused), "x", color=f"C{j}", ms=8)
+            ax.plot(refused, [1.0] * len(refused), "x", color=f"C{j}", ms=8,
+                    label=None if xs or not refused else label + " (refused)")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(dists)))

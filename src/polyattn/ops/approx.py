@@ -41,7 +41,7 @@ from .approx_tree import tree_approx
 from .approx_tree import value_ext as _value_ext
 from .inputs import Problem
 
-__all__ = ["approx_attention", "approx_hook", "measure", "Features", "APPROX_OPTIONS"]
+__all__ = ["approx_attention", "approx_hook", "measured_plan", "measure", "Features", "APPROX_OPTIONS"]
 
 #: keyword options ``poly_attention(..., method="approx", **options)`` accepts
 APPROX_OPTIONS = ("tolerance", "rtol", "degree", "basis", "max_rank", "allow_slower")
@@ -84,12 +84,19 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
 
     The degree is chosen first (pure planning, default cost model), so an unreachable accuracy
     fails before anything is measured. With ``allow_slower=True`` that plan is returned (its time
-    estimates use the default constants). Otherwise the cost model is measured on this machine
-    (:func:`polyattn.ops.approx_cost.cost_model`: kernel constants and a probe of the exact plan;
-    then :func:`~polyattn.ops.approx_cost.approx_probe`: a short run of this very approximation on
-    a scaled-down copy; all cached per process) and the plan re-made with it, which raises when the
-    approximation would be slower than the exact plan.
+    estimates use the default constants); otherwise :func:`measured_plan` re-makes it with costs
+    measured on this machine, which raises when the approximation would be slower than exact.
     """
+    kw = _plan_options(plan, options)
+    allow_slower = options.get("allow_slower", False)
+    stats = measure(prob)
+    first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
+    if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
+        return first
+    return measured_plan(prob, first, stats, kw, allow_slower)  # type: ignore[arg-type]
+
+
+def _plan_options(plan: Plan, options: Mapping[str, object]) -> dict:
     unknown = sorted(set(options) - set(APPROX_OPTIONS))
     if unknown:
         raise PolyAttentionError(
@@ -105,17 +112,22 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     budget = getattr(plan, "memory_budget", None)
     if budget is not None:
         kw["memory_budget"] = budget
-    allow_slower = options.get("allow_slower", False)
-    stats = measure(prob)
-    first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
-    if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
-        return first
+    return kw
+
+
+def measured_plan(prob: Problem, first: ApproxPlan, stats: ApproxStats, kw: dict, allow_slower: bool) -> ApproxPlan:
+    """``first`` re-planned with the cost model measured on this machine.
+
+    :func:`polyattn.ops.approx_cost.cost_model` (kernel constants and a probe of the exact plan),
+    then :func:`~polyattn.ops.approx_cost.approx_probe` (a short run of this very approximation on a
+    scaled-down copy, correcting the model by one factor); all cached per process.
+    """
     model = cost_model(prob.spec, first.memory_budget, prob.dtype, prob.device)
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, cost_model=model, **kw)
     scale, probe = approx_probe(first, model, prob.dtype, prob.device)
     model = replace(model, approx_scale=scale, approx_probe=probe)
     return plan_approx(prob.spec, stats=stats, scale=prob.scale, cost_model=model,
-                       allow_slower=allow_slower, **kw)  # type: ignore[arg-type]
+                       allow_slower=allow_slower, **kw)
 
 
 # ----------------------------------------------------------------------------- contraction strategy

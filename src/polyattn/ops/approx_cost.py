@@ -1,7 +1,9 @@
 """Measure the :class:`~polyattn.planning.approx_cost.CostModel` on the running machine.
 
-Two kinds of measurement, both cached for the life of the process (keyed by dtype, thread count
-and shape), both with their own inputs (no global RNG, no autograd):
+Three kinds of measurement, all cached for the life of the process (keyed by dtype, thread count
+and shape), all with their own inputs (no global RNG, no autograd), timed best-of-a-few with the
+process CPU time when torch runs one thread on the CPU (robust on a shared machine) and with the
+wall clock otherwise:
 
 * :func:`kernel_constants` — the approx kernel's own constants: throughput of the transposed
   feature-space products (``[dv+1, r] @ [r, rows]`` and ``[dv+1, rows] @ [rows, r]`` on a
@@ -12,6 +14,9 @@ and shape), both with their own inputs (no global RNG, no autograd):
   problem (same polynomial, d, dv, batch, causality; lengths shrunk until the plan costs at most
   :data:`PROBE_FLOPS`) is run; its seconds per plan-FLOP scale to the full problem by the FLOP
   count. Best of two runs, after one warm-up when cheap.
+* :func:`approx_probe` — the approximation itself (same degree, rank and chunking) on a
+  scaled-down copy, about :data:`PROBE_SECONDS` long: the factor by which the model is off at
+  this shape.
 
 The planner combines them (:mod:`polyattn.planning.approx_cost`); nothing here decides anything.
 """
@@ -57,14 +62,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device):  # noqa: ANN202
+    """Process CPU time when torch runs one thread on the CPU (immune to other jobs taking the core;
+    equal to wall time on an idle machine), else wall time."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time
+    return time.perf_counter
+
+
 def _best(fn, reps: int, device: torch.device = CPU) -> float:  # noqa: ANN001
+    clock = _clock(device)
     best = math.inf
     for _ in range(reps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
