@@ -82,9 +82,11 @@ class CostModel:
                 "exact_probe": self.exact_probe, "source": self.source}
 
 
-#: Measured with ``polyattn bench approx calibrate`` on the development machine (1 thread, float32,
-#: dv = 8); ``polyattn.ops.approx_cost.kernel_constants`` re-measures these on the running machine.
-DEFAULT_COST_MODEL = CostModel(product_flops=45e9, build_entries=5e9, op_seconds=3e-6)
+#: Measured with ``polyattn bench approx calibrate --clock cpu`` on the development machine (AMD EPYC,
+#: 1 thread, float32, dv + 1 = 9; docs/figures/approx_calibrate.json); at run time
+#: ``polyattn.ops.approx_cost`` re-measures them on the running machine.
+DEFAULT_COST_MODEL = CostModel(product_flops=37e9, build_entries=9.7e9, op_seconds=2.7e-6,
+                               row_seconds=1.2e-7, call_seconds=0.9e-3)
 
 
 def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
