@@ -68,14 +68,14 @@ def _best(fn, reps: int):  # noqa: ANN001, ANN202
 # ------------------------------------------------------------------------------- sweep
 def _plan_or_reason(q, v, acc: dict):  # noqa: ANN001, ANN202
     """``(plan, decision)``: the measured plan, also when refused as slower (then the decision says so)."""
-    from polyattn.ops.approx import _plan_options, measure, measured_plan
+    from polyattn.ops.approx import measure, measured_plan, plan_options
     from polyattn.ops.inputs import prepare
     from polyattn.planning.approx import plan_approx
 
     prob = prepare(PATH, q, v)
     structure = polyattn.plan(PATH, seq_len=tuple(prob.spec.seq_lens), head_dim=prob.spec.head_dim,
                               value_dim=prob.spec.value_dim, method="approx")
-    kw = _plan_options(structure, acc)
+    kw = plan_options(structure, acc)
     stats = measure(prob)
     try:
         first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)

@@ -41,7 +41,7 @@ from .approx_tree import tree_approx
 from .approx_tree import value_ext as _value_ext
 from .inputs import Problem
 
-__all__ = ["approx_attention", "approx_hook", "measured_plan", "measure", "Features", "APPROX_OPTIONS"]
+__all__ = ["approx_attention", "approx_hook", "plan_options", "measured_plan", "measure", "Features", "APPROX_OPTIONS"]
 
 #: keyword options ``poly_attention(..., method="approx", **options)`` accepts
 APPROX_OPTIONS = ("tolerance", "rtol", "degree", "basis", "max_rank", "allow_slower")
@@ -87,7 +87,7 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     estimates use the default constants); otherwise :func:`measured_plan` re-makes it with costs
     measured on this machine, which raises when the approximation would be slower than exact.
     """
-    kw = _plan_options(plan, options)
+    kw = plan_options(plan, options)
     allow_slower = options.get("allow_slower", False)
     stats = measure(prob)
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
@@ -96,7 +96,8 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     return measured_plan(prob, first, stats, kw, allow_slower)  # type: ignore[arg-type]
 
 
-def _plan_options(plan: Plan, options: Mapping[str, object]) -> dict:
+def plan_options(plan: Plan, options: Mapping[str, object]) -> dict:
+    """Validate ``options`` and turn them into keyword arguments of :func:`plan_approx`."""
     unknown = sorted(set(options) - set(APPROX_OPTIONS))
     if unknown:
         raise PolyAttentionError(
