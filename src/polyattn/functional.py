@@ -103,8 +103,8 @@ def poly_attention(
             approximation) or a method: ``"sdpa"``, ``"tree"``, ``"elimination"``,
             ``"reference"``; an explicit method that cannot handle the input raises
             :class:`~polyattn.MethodError`. ``"approx"`` is the polynomial method with an
-            a-priori error bound (``tolerance=``, ``degree=``, ``basis=``, ``max_rank=``; see
-            docs/approximation.md).
+            a-priori error bound (``tolerance=``, ``rtol=``, ``degree=``, ``basis=``,
+            ``max_rank=``, ``allow_slower=``; see docs/approximation.md).
         memory_budget: working-memory target in bytes; chunk sizes are chosen to stay under it.
 
     Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input

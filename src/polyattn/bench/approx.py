@@ -2,9 +2,11 @@
 
 Suites (each writes ``approx_<suite>.json`` and ``approx_<suite>.png`` into ``--out``):
 
-* ``target``  — path ``x1*x2 + x2*x3``, n = 65536, d = dv = 16, entries uniform in [-0.5, 0.5],
-  ``tolerance=1e-3``: approx vs the exact method (``method="auto"`` = tree message passing), timed
-  in the same run; max abs error against the exact output; the plan's stated bound.
+* ``target``  — path ``x1*x2 + x2*x3``, n = 65536, d = 16, queries uniform in [-0.5, 0.5]; two cases:
+  values uniform in [-0.5, 0.5] (dv = 16) with ``tolerance=1e-3``, and Gaussian values (dv = 8)
+  with ``rtol=1e-3`` (issue 16): approx vs the exact method (``method="auto"`` = tree message
+  passing), timed in the same run; max abs error against the exact output; the plan's stated bound
+  and its predicted times.
 * ``scaling`` — approx time vs n (4096 … 65536) with a least-squares fitted exponent; the exact
   method for the smaller n as a baseline (its fitted exponent too).
 * ``pareto``  — error vs time at n = 8192 for every degree of both bases, against the exact method
@@ -14,6 +16,9 @@ Suites (each writes ``approx_<suite>.json`` and ``approx_<suite>.png`` into ``--
 * ``degree``  — the degree the a-priori bound needs for a fixed tolerance as the entry bound B
   grows (pure arithmetic, ``X = s d B^k``), for k = 2 and 3, plus the degrees the planner picks on
   measured random data: the theory's ``B = o((log n)^{1/k})`` regime made visible.
+* ``sweep``, ``throughput``, ``calibrate`` — see :mod:`polyattn.bench.approx_sweep`: value
+  distributions x head dims x sizes against the exact method; the high-rank kernel against
+  FLOP-matched matmuls; the measured cost-model constants.
 
 Speed is always a ratio to a baseline measured in the same process; absolute times are context.
 On a shared machine use ``--threads 1`` (the default) so both methods see the same resources.
@@ -22,19 +27,22 @@ On a shared machine use ``--threads 1`` (the default) so both methods see the sa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-import polyattn
 from polyattn.planning.approx import MAX_RANK, degree_needed, feature_rank
+
+from ..atomicio import atomic_save_figure, atomic_write_json
+from ..errors import MethodError
+from ..functional import plan_for, poly_attention
+from ..polynomial import parse
+from ..timing import fit_exponent
 
 __all__ = ["add_suite", "main", "SUITES"]
 
@@ -43,18 +51,11 @@ PATH = "x1*x2 + x2*x3"
 
 # ------------------------------------------------------------------------------- utilities
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def _save_fig(fig, path: Path) -> None:  # noqa: ANN001
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _plt():  # noqa: ANN202
@@ -66,13 +67,23 @@ def _plt():  # noqa: ANN202
     return plt
 
 
+#: ``--clock wall`` (default) or ``cpu``: on a shared machine the process's CPU time (1 torch
+#: thread) excludes the time other jobs take from it, so same-run ratios are far less noisy.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock: list[Callable[[], float]] = [time.perf_counter]
+
+
+def clock() -> float:
+    return _clock[0]()
+
+
 def _time(fn: Callable[[], torch.Tensor], reps: int) -> tuple[float, torch.Tensor]:
-    """Best wall time over ``reps`` runs (after none: the first run is timed too when reps == 1)."""
+    """Best time (``--clock``) over ``reps`` runs (after none: the first run is timed too when reps == 1)."""
     best, out = math.inf, None
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best, out  # type: ignore[return-value]
 
 
@@ -84,45 +95,78 @@ def _inputs(n: int, d: int, dv: int, *, amp: float = 0.5, seed: int = 0, dtype=t
 
 
 def _fit_exponent(ns: list[int], ts: list[float]) -> float:
-    xs = [math.log(n) for n in ns]
-    ys = [math.log(t) for t in ts]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    e = fit_exponent(ns, ts)
+    return float("nan") if e is None else e
 
 
 def _env() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "clock": next(k for k, f in CLOCKS.items() if f is _clock[0]),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 # ------------------------------------------------------------------------------- suites
-def suite_target(args: argparse.Namespace) -> dict:
-    n, d, tol = args.n or 65536, 16, args.tolerance
-    q, v = _inputs(n, d, d)
-    plan = polyattn.plan_for(PATH, q, v, method="approx", tolerance=tol)
+def _target_case(name: str, q, v, acc: dict, args: argparse.Namespace) -> dict:  # noqa: ANN001
+    decision = "approx"
+    try:
+        plan = plan_for(PATH, q, v, method="approx", **acc)  # measured cost model; raises if slower
+    except MethodError as e:  # record the refusal, then measure anyway
+        decision = f"refused: {e}"
+        print(decision)
+        acc = {**acc, "allow_slower": True}
+        plan = plan_for(PATH, q, v, method="approx", **acc)
     print(plan)
-    t_apx, out = _time(lambda: polyattn.poly_attention(PATH, q, v, method="approx", tolerance=tol), args.reps)
-    exact_plan = polyattn.plan_for(PATH, q, v)
-    t_ex, ref = _time(lambda: polyattn.poly_attention(PATH, q, v), args.exact_reps)
+    t_apx, out = _time(lambda: poly_attention(PATH, q, v, method="approx", **acc), args.reps)
+    exact_plan = plan_for(PATH, q, v)
+    t_ex, ref = _time(lambda: poly_attention(PATH, q, v), args.exact_reps)
     err = (out.double() - ref.double()).abs().max().item()
     # How hard is this data? Degree 0 (uniform weights, no attention at all) as a yardstick.
-    err0 = (polyattn.poly_attention(PATH, q, v, method="approx", degree=0).double() - ref.double()).abs().max().item()
-    res = {
-        "degree0_error_vs_exact": err0,
-        "polynomial": PATH, "n": n, "d": d, "dv": d, "tolerance": tol, "entries": "uniform [-0.5, 0.5]",
+    out0 = poly_attention(PATH, q, v, method="approx", degree=0, allow_slower=True)
+    err0 = (out0.double() - ref.double()).abs().max().item()
+    print(f"[{name}] approx {t_apx:.3f}s  exact ({exact_plan.method}) {t_ex:.3f}s  speedup {t_ex / t_apx:.1f}x "
+          f"(predicted {plan.exact_seconds / plan.seconds:.1f}x)  max|err| {err:.3g}  stated bound "
+          f"{plan.error_bound:.3g}  (degree-0 / uniform weights: {err0:.3g})")
+    return {
+        "case": name, "accuracy": acc, "decision": decision, "degree0_error_vs_exact": err0,
         "approx_seconds": t_apx, "exact_seconds": t_ex, "exact_method": exact_plan.method,
-        "speedup": t_ex / t_apx, "max_abs_error_vs_exact": err, "stated_bound": plan.error_bound,
-        "degree": plan.degree, "basis": plan.basis, "rank": plan.rank, "entry_bound": plan.entry_bound,
-        "logit_bound": list(plan.logit_bound), "value_radius": plan.value_radius,
-        "targets": {"speedup>=20": t_ex / t_apx >= 20, "error<=1e-3": err <= 1e-3, "error<=bound": err <= plan.error_bound + 1e-6},
+        "speedup": t_ex / t_apx, "predicted_approx_seconds": plan.seconds, "predicted_exact_seconds": plan.exact_seconds,
+        "cost_source": plan.cost_source, "max_abs_error_vs_exact": err, "stated_bound": plan.error_bound,
+        "target": plan.target, "degree": plan.degree, "basis": plan.basis, "rank": plan.rank,
+        "chunk_rows": plan.chunk_rows, "entry_bound": plan.entry_bound, "logit_bound": list(plan.logit_bound),
+        "value_radius": plan.value_radius, "bound_holds": err <= plan.error_bound,
     }
-    print(f"approx {t_apx:.3f}s  exact ({exact_plan.method}) {t_ex:.3f}s  speedup {t_ex / t_apx:.1f}x  "
-          f"max|err| {err:.3g}  stated bound {plan.error_bound:.3g}  (degree-0 / uniform weights: {err0:.3g})")
+
+
+def suite_target(args: argparse.Namespace) -> dict:
+    """Two cases in one process: the original target (values uniform in [-0.5, 0.5], dv = 16,
+    ``tolerance=``) and issue 16's (Gaussian values, dv = 8, ``rtol=``); queries uniform in [-0.5, 0.5]."""
+    from .approx_sweep import _warm_up, values
+
+    _warm_up()
+    n, d, tol = args.n or 65536, 16, args.tolerance
+    q, v = _inputs(n, d, d)
+    g = torch.Generator().manual_seed(16)
+    vg = [values("gaussian", n, 8, g) for _ in range(2)]
+    cases = [_target_case("uniform values, tolerance", q, v, {"tolerance": tol}, args),
+             _target_case("gaussian values, rtol", q, vg, {"rtol": args.rtol}, args)]
+    a, b = cases
+    res = {
+        "polynomial": PATH, "n": n, "d": d, "queries": "uniform [-0.5, 0.5]", "cases": cases,
+        "targets": {"uniform/tolerance: speedup>=20": a["speedup"] >= 20, "uniform: error<=tolerance": a["max_abs_error_vs_exact"] <= tol,
+                    "gaussian/rtol: speedup>=10": b["speedup"] >= 10, "gaussian: bound holds": b["bound_holds"]},
+    }
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(["exact (" + exact_plan.method + ")", f"approx p={plan.degree}"], [t_ex, t_apx], color=["0.5", "C0"])
-    ax.set_ylabel("seconds")
-    ax.set_title(f"{PATH}, n={n}, d={d}: {t_ex / t_apx:.1f}x, max|err|={err:.2g}")
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    labels, times, colors = [], [], []
+    for c in cases:
+        labels += [f"exact\n({c['case'].split(',')[0]})", f"approx p={c['degree']}\n{list(c['accuracy'])[0]}"]
+        times += [c["exact_seconds"], c["approx_seconds"]]
+        colors += ["0.5", "C0"]
+    ax.bar(labels, times, color=colors)
+    ax.set_ylabel("seconds (1 thread)")
+    ax.set_title(f"{PATH}, n={n}, d={d}: {a['speedup']:.1f}x (uniform, tolerance) / "
+                 f"{b['speedup']:.1f}x (gaussian, rtol)", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
     _save_fig(fig, args.out / "approx_target.png")
     return res
 
@@ -135,12 +179,12 @@ def suite_scaling(args: argparse.Namespace) -> dict:
     rows = []
     for n in ns:
         q, v = _inputs(n, d, d)
-        plan = polyattn.plan_for(PATH, q, v, method="approx", tolerance=tol, causal=causal)
-        t_apx, _ = _time(lambda q=q, v=v: polyattn.poly_attention(PATH, q, v, method="approx", tolerance=tol,
-                                                                causal=causal), args.reps)
+        plan = plan_for(PATH, q, v, method="approx", tolerance=tol, causal=causal, allow_slower=True)
+        t_apx, _ = _time(lambda q=q, v=v: poly_attention(PATH, q, v, method="approx", tolerance=tol,
+                                                                causal=causal, allow_slower=True), args.reps)
         t_ex = None
         if n <= exact_max:
-            t_ex, _ = _time(lambda q=q, v=v: polyattn.poly_attention(PATH, q, v, causal=causal), args.exact_reps)
+            t_ex, _ = _time(lambda q=q, v=v: poly_attention(PATH, q, v, causal=causal), args.exact_reps)
         rows.append({"n": n, "approx_seconds": t_apx, "exact_seconds": t_ex, "degree": plan.degree, "rank": plan.rank})
         print(f"n={n:6d}  approx {t_apx:.3f}s (p={plan.degree}, r={plan.rank})"
               + (f"  exact {t_ex:.3f}s  ratio {t_ex / t_apx:.1f}x" if t_ex else ""))
@@ -170,17 +214,17 @@ def suite_scaling(args: argparse.Namespace) -> dict:
 
 def _pareto_points(q, v, d: int, reps: int, exact_reps: int) -> dict:  # noqa: ANN001
     q64, v64 = [x.double() for x in q], [x.double() for x in v]
-    ref = polyattn.poly_attention(PATH, q64, v64)  # exact tree in float64: the error yardstick
-    t_ex, out_ex = _time(lambda: polyattn.poly_attention(PATH, q, v), exact_reps)
+    ref = poly_attention(PATH, q64, v64)  # exact tree in float64: the error yardstick
+    t_ex, out_ex = _time(lambda: poly_attention(PATH, q, v), exact_reps)
     err_ex = (out_ex.double() - ref).abs().max().item()
     pts = []
     for basis, degrees in (("chebyshev", range(0, 6)), ("taylor", range(0, 6, 2))):
         for p in degrees:
             if feature_rank(d, p) > MAX_RANK:
                 continue
-            plan = polyattn.plan_for(PATH, q, v, method="approx", degree=p, basis=basis)
-            t, out = _time(lambda p=p, basis=basis: polyattn.poly_attention(PATH, q, v, method="approx", degree=p,
-                                                                           basis=basis), reps)
+            plan = plan_for(PATH, q, v, method="approx", degree=p, basis=basis, allow_slower=True)
+            t, out = _time(lambda p=p, basis=basis: poly_attention(PATH, q, v, method="approx", degree=p,
+                                                                           basis=basis, allow_slower=True), reps)
             err = (out.double() - ref).abs().max().item()
             pts.append({"basis": basis, "degree": p, "rank": plan.rank, "seconds": t, "max_abs_error": err,
                         "stated_bound": plan.error_bound, "speedup": t_ex / t})
@@ -250,10 +294,10 @@ def suite_degree(args: argparse.Namespace) -> dict:
         for poly, k in ((PATH, 2), ("x1*x2*x3", 3)):
             q, v = _inputs(4096, d, d, amp=b)
             try:
-                plan = polyattn.plan_for(poly, q, v, method="approx", tolerance=tol)
+                plan = plan_for(poly, q, v, method="approx", tolerance=tol, allow_slower=True)
                 measured.append({"B": b, "k": k, "polynomial": poly, "degree": plan.degree, "rank": plan.rank,
                                  "bound": plan.error_bound, "logit_bound": list(plan.logit_bound)})
-            except polyattn.PolyAttentionError as e:
+            except MethodError as e:
                 measured.append({"B": b, "k": k, "polynomial": poly, "degree": None, "error": str(e)[:160]})
     for m in measured:
         print(m)
@@ -287,8 +331,8 @@ def suite_bound(args: argparse.Namespace) -> dict:
     for i in range(args.cases):
         k = 2 if i % 2 == 0 else 3
         poly = rng.choice(polys[k])
-        t = polyattn.parse(poly).num_variables
-        causal = "tree" if k == 2 and polyattn.parse(poly).is_tree and rng.random() < 0.3 else False
+        t = parse(poly).num_variables
+        causal = "tree" if k == 2 and parse(poly).is_tree and rng.random() < 0.3 else False
         lens = [rng.randint(2, 7)] * t if causal else [rng.randint(1, 7) for _ in range(t)]
         d, dv, amp = rng.randint(1, 6), rng.randint(1, 3), rng.choice([0.3, 0.6, 1.0, 1.5])
         basis = rng.choice(["taylor", "chebyshev"])
@@ -297,12 +341,14 @@ def suite_bound(args: argparse.Namespace) -> dict:
         q = [amp * (2 * torch.rand(n, d, generator=g, dtype=torch.float64) - 1) for n in lens]
         v = [torch.randn(n, dv, generator=g, dtype=torch.float64) for n in lens[1:]]
         try:
-            plan = polyattn.plan_for(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal)
-        except polyattn.PolyAttentionError:
+            plan = plan_for(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal,
+                                   allow_slower=True)
+        except MethodError:
             refused += 1
             continue
-        out = polyattn.poly_attention(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal)
-        ref = polyattn.poly_attention(poly, q, v, method="reference", causal=causal)
+        out = poly_attention(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal,
+                                      allow_slower=True)
+        ref = poly_attention(poly, q, v, method="reference", causal=causal)
         err = (out - ref).abs().max().item()
         cases.append({"polynomial": poly, "k": k, "causal": causal, "basis": basis, "degree": degree,
                       "observed": err, "bound": plan.error_bound, "holds": err <= plan.error_bound,
@@ -334,17 +380,25 @@ def suite_bound(args: argparse.Namespace) -> dict:
             "max_ratio": max(ratios), "rounding_allowance": 1e-12, "max_excess": excess}
 
 
+def _more_suites() -> dict[str, Callable[[argparse.Namespace], dict]]:
+    from .approx_sweep import suite_calibrate, suite_sweep, suite_throughput
+
+    return {"sweep": suite_sweep, "throughput": suite_throughput, "calibrate": suite_calibrate}
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], dict]] = {
     "bound": suite_bound,
     "target": suite_target,
     "scaling": suite_scaling,
     "pareto": suite_pareto,
     "degree": suite_degree,
+    **_more_suites(),
 }
 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
+    _clock[0] = CLOCKS[args.clock]
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     names = list(SUITES) if args.approx_suite == "all" else [args.approx_suite]
@@ -357,7 +411,8 @@ def run(args: argparse.Namespace) -> int:
         res["command"] = " ".join(["polyattn bench approx", *argv])
         res["env"] = _env()
         _write_json(args.out / f"approx_{name}.json", res)
-        print(f"wrote {args.out / f'approx_{name}.json'} and .png")
+        png = args.out / f"approx_{name}.png"
+        print(f"wrote {args.out / f'approx_{name}.json'}" + (f" and {png.name}" if png.exists() else ""))
     return 0
 
 
@@ -366,9 +421,15 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help=f"which benchmark: {', '.join(SUITES)} or all (default)")
     p.add_argument("--out", default="docs/figures", help="directory for approx_<suite>.json/.png")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="timer: wall (default) or cpu (process CPU time: robust on a shared machine, 1 thread)")
     p.add_argument("--tolerance", type=float, default=1e-3)
+    p.add_argument("--rtol", type=float, default=1e-3, help="target: rtol of the Gaussian-values case")
+    p.add_argument("--dims", type=int, nargs="*", default=None, help="sweep: head dims (default 8 16 32)")
+    p.add_argument("--max-seconds", type=float, default=60.0,
+                   help="sweep: skip cases whose predicted approx time exceeds this")
     p.add_argument("--n", type=int, default=None, help="sequence length (target: 65536, pareto: 8192)")
-    p.add_argument("--sizes", type=int, nargs="*", default=None, help="scaling: list of n")
+    p.add_argument("--sizes", type=int, nargs="*", default=None, help="scaling / sweep: list of n")
     p.add_argument("--exact-max-n", type=int, default=16384, help="scaling: largest n timed with the exact method")
     p.add_argument("--reps", type=int, default=3, help="repetitions of the approx timing (best of)")
     p.add_argument("--exact-reps", type=int, default=1, help="repetitions of the exact timing (best of)")

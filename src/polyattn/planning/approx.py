@@ -37,10 +37,17 @@ This is the analysis the issue sketches (``2 eps / (1 - eps)`` per tuple, compou
 monomials as ``(1 + eps)^M - 1``), made exact by the monotonicity of ``f_p``: ``U - 1`` and
 ``1 - L`` are the compounded upper and lower relative errors.
 
-Degree selection: the smallest even ``p`` with ``E(p) <= tolerance``; if that needs a degree above
-:data:`MAX_DEGREE` or a feature rank above ``max_rank`` (default :data:`MAX_RANK`) the planner raises
-:class:`ApproximationRangeError` suggesting an exact method. This is the theory's regime
-``B = o((log n)^{1/k})`` made concrete: ``X ~ s d B^k`` must stay O(1) for a small degree.
+**Accuracy target.** ``tolerance=`` bounds the absolute error, ``rtol=`` the error relative to the
+value radius ``R`` (``E <= rtol * R``, i.e. ``(U - L) / (2 L) <= rtol``: independent of the values'
+scale); with both, both must hold. Degree selection: the smallest degree (even for Taylor) with
+``E(p) <=`` the target; if that needs a degree above :data:`MAX_DEGREE` or a feature rank above
+``max_rank`` (default :data:`MAX_RANK`) the planner raises :class:`ApproximationRangeError`
+suggesting an exact method. This is the theory's regime ``B = o((log n)^{1/k})`` made concrete:
+``X ~ s d B^k`` must stay O(1) for a small degree.
+
+**Speed.** The plan estimates its own time and the exact plan's (:mod:`polyattn.planning.approx_cost`)
+and raises :class:`ApproximationRangeError` when the approximation would be slower, unless
+``allow_slower=True``.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import MethodError, PolyAttentionError
+from ..errors import PolyAttentionError
 from .approx_bound import (  # noqa: F401 - re-exported
     BASES,
     DEFAULT_BASIS,
@@ -69,9 +76,28 @@ from .approx_bound import (  # noqa: F401 - re-exported
     relative_error_interval,
     taylor_ratio,
 )
-from .plan import DEFAULT_MEMORY_BUDGET, Plan, Step, _fmt_bytes, _fmt_flops
+from .approx_cost import (
+    DEFAULT_COST_MODEL,
+    CostModel,
+    approx_seconds,
+    approx_work,
+    exact_seconds,
+    fmt_seconds,
+)
+from .approx_layout import (  # noqa: F401 - re-exported
+    CAUSAL_BLOCK,
+    CHUNK_FEATURE_BYTES,
+    Layout,
+    causal_block,
+    chunk_rows,
+    describe_step,
+    layout,
+    reason,
+    structure,
+    structure_steps,
+)
+from .plan import DEFAULT_MEMORY_BUDGET, Plan, _fmt_bytes, _fmt_flops
 from .spec import ProblemSpec
-from .structure_ext import rooted_forest
 
 __all__ = [
     "ApproxPlan",
@@ -93,6 +119,11 @@ __all__ = [
     "choose_degree",
     "plan_approx",
     "degree_needed",
+    "Accuracy",
+    "accuracy_target",
+    "CostModel",
+    "DEFAULT_COST_MODEL",
+    "causal_block",
 ]
 
 # ------------------------------------------------------------------------------- statistics
@@ -177,9 +208,14 @@ def choose_degree(
     max_degree: int = MAX_DEGREE,
     max_rank: int = MAX_RANK,
     basis: str = DEFAULT_BASIS,
+    target_text: str | None = None,
 ) -> tuple[int, float]:
-    """Smallest degree (even for Taylor) with ``error_bound <= tolerance``; raises beyond the limits."""
-    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
+    """Smallest degree (even for Taylor) with ``error_bound <= tolerance``; raises beyond the limits.
+
+    ``tolerance`` is the absolute target (0 is allowed: it is met exactly when ``radius == 0``);
+    ``target_text`` names it in the error (default ``tolerance=...``).
+    """
+    if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise PolyAttentionError(f"tolerance must be a positive finite float, got {tolerance!r}")
     best = None
     for p in _degrees(basis, max_degree):
@@ -194,8 +230,9 @@ def choose_degree(
             return p, e
     p, e, r = best  # type: ignore[misc]
     xmax = max(logit_bound, default=0.0)
+    what = target_text or f"tolerance={tolerance:g}"
     raise ApproximationRangeError(
-        f"method='approx' cannot reach tolerance={tolerance:g} affordably: the logits reach |x| <= "
+        f"method='approx' cannot reach {what} affordably: the logits reach |x| <= "
         f"{xmax:.3g} and degree {p} ({basis}, feature rank C({d}+{p},{p}) = {r:,}) only guarantees "
         f"{e:.3g}; the limits are degree <= {max_degree} and rank <= {max_rank:,}. The entries are "
         "outside the regime where the polynomial method is cheap (B = o((log n)^(1/k))). Use an exact "
@@ -221,13 +258,56 @@ def degree_needed(
     return None
 
 
+# ------------------------------------------------------------------------------- accuracy target
+@dataclass(frozen=True)
+class Accuracy:
+    """What the degree must guarantee: ``E <= target`` (absolute), described as the user asked."""
+
+    tolerance: float | None  # absolute, as requested (None: not given)
+    rtol: float | None  # relative to the value radius, as requested (None: not given)
+    target: float | None  # the absolute bound the degree must meet (None: degree forced, no target)
+    text: str  # e.g. "tolerance=0.001" or "rtol=0.001 (= 0.0202 absolute; value radius R = 20.2)"
+
+
+def _check_positive(name: str, x: object, meaning: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) and x > 0):
+        raise PolyAttentionError(f"{name} must be a positive finite float ({meaning}), got {x!r}")
+    return float(x)
+
+
+def accuracy_target(tolerance: float | None, rtol: float | None, radius: float, *, degree_forced: bool = False) -> Accuracy:
+    """Combine ``tolerance=`` (absolute) and ``rtol=`` (times the value radius ``R``): both must hold.
+
+    Neither given: ``tolerance = DEFAULT_TOLERANCE``, unless the degree is forced (then no target).
+    """
+    tol = None if tolerance is None else _check_positive(
+        "tolerance", tolerance, "an absolute bound on max |approx - exact|; for a bound relative to the "
+        "values' scale use rtol=")
+    rel = None if rtol is None else _check_positive(
+        "rtol", rtol, "a bound on max |approx - exact| relative to the value radius R")
+    if tol is None and rel is None:
+        if degree_forced:
+            return Accuracy(None, None, None, "the forced degree")
+        tol = DEFAULT_TOLERANCE
+    parts, targets = [], []
+    if tol is not None:
+        parts.append(f"tolerance={tol:g}")
+        targets.append(tol)
+    if rel is not None:
+        parts.append(f"rtol={rel:g} (= {rel * radius:.3g} absolute; value radius R = {radius:.3g})")
+        targets.append(rel * radius)
+    return Accuracy(tol, rel, min(targets), " and ".join(parts))
+
+
 # ------------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class ApproxPlan(Plan):
     """A :class:`Plan` for ``method="approx"`` with the approximation's parameters.
 
     ``degree`` is ``None`` in a structure-only plan (``polyattn.plan(..., method="approx")``): the
-    degree depends on the measured entry bound and is chosen at call time.
+    degree depends on the measured entry bound and is chosen at call time. ``seconds`` and
+    ``exact_seconds`` are the estimated times of this plan and of the exact plan
+    (``make_plan(spec, "auto")``, method ``exact_method``) under the cost model ``cost_source``.
     """
 
     order: tuple[int, ...] = ()  # tree strategy: post-order of the non-root variables
@@ -238,6 +318,9 @@ class ApproxPlan(Plan):
     exp_coeffs: tuple[tuple[float, ...], ...] = ()  # per monomial: a_0..a_p of the polynomial replacing exp
     rank: int = 0
     tolerance: float | None = None
+    rtol: float | None = None
+    target: float | None = None  # the absolute bound the degree was chosen to meet
+    target_text: str = ""
     entry_bound: float | None = None
     scale: float | None = None
     logit_bound: tuple[float, ...] = ()
@@ -246,11 +329,23 @@ class ApproxPlan(Plan):
     degree_forced: bool = False
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     chunk_rows: int = 0
+    causal_block: int = 0  # tree strategy, causal edges: block length of the chunked prefix sums
     einsum: str = ""  # contract strategy: the final expression (x1 rows chunked)
     operands: tuple[tuple, ...] = ()
     summaries: tuple[tuple[int, str], ...] = ()  # contract strategy: (variable, summary expression)
     path: tuple[tuple[int, ...], ...] = ()
     largest_intermediate: float = 0.0
+    seconds: float | None = None  # estimated time of this plan
+    exact_seconds: float | None = None  # estimated time of the exact plan
+    exact_method: str = ""
+    cost_source: str = ""
+    allow_slower: bool = False
+
+    @property
+    def faster_than_exact(self) -> bool | None:
+        if self.seconds is None or self.exact_seconds is None:
+            return None
+        return self.seconds < self.exact_seconds
 
     def refine_options(self) -> dict[str, object]:
         """The options that chose this plan's degree, to re-refine it on new tensors."""
@@ -263,12 +358,26 @@ class ApproxPlan(Plan):
         out.update(
             strategy=self.strategy, degree=self.degree, basis=self.basis,
             exp_coeffs=[list(c) for c in self.exp_coeffs], rank=self.rank, tolerance=self.tolerance,
+            rtol=self.rtol, target=self.target,
             entry_bound=self.entry_bound, scale=self.scale, logit_bound=list(self.logit_bound),
             value_radius=self.value_radius, error_bound=self.error_bound,
             degree_forced=self.degree_forced, chunk_rows=self.chunk_rows, einsum=self.einsum,
             path=[list(p) for p in self.path], largest_intermediate=self.largest_intermediate,
+            seconds=self.seconds, exact_seconds=self.exact_seconds, exact_method=self.exact_method,
+            cost_source=self.cost_source, allow_slower=self.allow_slower,
         )
         return out
+
+    def speed_line(self) -> str:
+        """``approx ~ 0.6 s vs exact (tree) ~ 12 s: approx is faster (20x)``."""
+        a, e = self.seconds, self.exact_seconds
+        if a is None or e is None:
+            return ""
+        head = f"approx ~ {fmt_seconds(a)} vs exact ({self.exact_method}) ~ {fmt_seconds(e)}: "
+        if a < e:
+            return head + f"approx is faster ({e / a:.3g}x)"
+        tail = "; running approx because allow_slower=True" if self.allow_slower else ""
+        return head + f"exact is faster ({a / max(e, 1e-300):.3g}x){tail}"
 
     def __str__(self) -> str:
         s = self.spec
@@ -281,264 +390,109 @@ class ApproxPlan(Plan):
             f"  why        : {self.reason}",
         ]
         if self.degree is None:
-            lines.append("  degree     : chosen at call time from the measured entry bound B and tolerance=")
+            lines.append("  degree     : chosen at call time from the measured entry bound B and tolerance= / rtol=")
         else:
-            how = "forced by degree=" if self.degree_forced else f"smallest degree meeting tolerance={self.tolerance:g}"
-            kind = (
-                "Taylor polynomial of exp" if self.basis == "taylor"
-                else "Chebyshev interpolant of exp on [-X, X] per monomial"
-            )
-            lines += [
-                f"  degree     : p = {self.degree} ({kind}; {how})",
-                f"  rank       : r = C(d+p, p) = {self.rank:,} features per variable (symmetric tensor powers)",
-                f"  entry bound: B = max|Q_j| = {self.entry_bound:.4g}; logit bound per monomial |x| <= "
-                + ", ".join(f"{x:.4g}" for x in self.logit_bound)
-                + f" (<= s*d*B^k); value radius R = {self.value_radius:.4g}",
-                f"  error bound: max |approx - exact| <= {self.error_bound:.3g} (a priori, exact arithmetic; "
-                "plus rounding of the compute dtype)",
-            ]
+            lines += self._degree_lines()
         lines.append(f"  complexity : O({self.complexity}) time" + (" (n * r * (dv+1) per edge)" if self.strategy == "tree" else ""))
         if self.degree is not None:
-            lines.append(f"  estimate   : {_fmt_flops(self.flops)}, peak working memory {_fmt_bytes(self.peak_bytes)}")
+            lines.append(f"  estimate   : {_fmt_flops(self.flops)}, peak working memory {_fmt_bytes(self.peak_bytes)}"
+                         + (f", row chunks of {self.chunk_rows}" if self.chunk_rows else ""))
+        if self.speed_line():
+            lines.append(f"  speed      : {self.speed_line()}")
+            lines.append(f"               ({self.cost_source})")
         lines.append("  steps      :")
         for i, st in enumerate(self.steps, 1):
-            lines.append(f"    {i}. {_describe(st)}" + (f"  [{_fmt_flops(st.flops)}]" if self.degree is not None else ""))
+            lines.append(f"    {i}. {describe_step(st)}" + (f"  [{_fmt_flops(st.flops)}]" if self.degree is not None else ""))
         for note in self.notes:
             lines.append(f"  note       : {note}")
         return "\n".join(lines)
 
-
-def _describe(st: Step) -> str:
-    if st.kind == "approx_edge":
-        how = "prefix sums" if st.scope and st.scope[-1] == -1 else "one feature-space product"
-        if not st.logits:
-            return f"edge x{st.parent} <- x{st.var}: mean message (no monomial), {how}"
-        return f"edge x{st.parent} <- x{st.var}: features F_x{st.var}^T M -> F_x{st.parent} @ (.), {how}"
-    if st.kind == "approx_summary":
-        return f"summary of x{st.var}: sum over its rows of its features (x) values, in row chunks"
-    if st.kind == "approx_direct":
-        return "one contraction of all features, values and coefficients along the opt_einsum path"
-    if st.kind == "approx_contract":
-        return "x1 row chunks: contract x1's features with the summaries along the opt_einsum path"
-    return st.kind
-
-
-def _structure(spec: ProblemSpec) -> tuple[str, dict[int, int] | None, tuple[int, ...]]:
-    """``("tree", parent, post-order)`` or ``("contract", None, ())``; raises for masks and cycles."""
-    p = spec.polynomial
-    if spec.mask_pairs:
-        raise MethodError(
-            "method='approx' does not support pair masks: a boolean mask on a pair does not factor "
-            "through the polynomial features. Use an exact method (method='auto') for masked inputs"
+    def _degree_lines(self) -> list[str]:
+        how = ("forced by degree=" + (f", meets {self.target_text}" if self.target is not None else "")
+               if self.degree_forced else f"smallest degree meeting {self.target_text}")
+        kind = (
+            "Taylor polynomial of exp" if self.basis == "taylor"
+            else "Chebyshev interpolant of exp on [-X, X] per monomial"
         )
-    if spec.causal:
-        rooted = rooted_forest(spec.factor_edges(), spec.num_variables)
-        if rooted is None:
-            raise MethodError(
-                f"method='approx' supports causal masks only when monomials plus causal pairs form a "
-                f"forest (prefix sums along tree edges); {p} with causal={spec.causal!r} does not"
-                + (" (causal='tree' would)" if p.is_tree else "")
-                + ". Use an exact method (method='auto') or causal=False"
-            )
-        return "tree", rooted[0], rooted[1]
-    rooted = rooted_forest(spec.factor_edges(), spec.num_variables)
-    if rooted is not None:
-        return "tree", rooted[0], rooted[1]
-    return "contract", None, ()
+        return [
+            f"  degree     : p = {self.degree} ({kind}; {how})",
+            f"  rank       : r = C(d+p, p) = {self.rank:,} features per variable (symmetric tensor powers)",
+            f"  entry bound: B = max|Q_j| = {self.entry_bound:.4g}; logit bound per monomial |x| <= "
+            + ", ".join(f"{x:.4g}" for x in self.logit_bound)
+            + f" (<= s*d*B^k); value radius R = {self.value_radius:.4g}",
+            f"  error bound: max |approx - exact| <= {self.error_bound:.3g} (a priori, exact arithmetic; "
+            "plus rounding of the compute dtype)",
+        ]
 
 
-#: Row chunks aim at about this many feature entries, so a chunk's features stay in cache while
-#: both BLAS products read them (measured: 1024 rows x rank 969 is ~3x faster than 16384 rows).
-CHUNK_FEATURE_ELEMS = 2**20
-
-
-def _chunk_rows(spec: ProblemSpec, rank: int, budget: int) -> int:
-    elems = max(1, budget // max(1, spec.itemsize))
-    per_row = spec.batch * (rank * 3 + 2 * (spec.value_dim + 1))
-    cache_rows = max(64, CHUNK_FEATURE_ELEMS // max(1, spec.batch * rank))
-    return int(max(1, min(max(spec.seq_lens), elems // max(1, per_row), cache_rows)))
-
-
-#: Block length of the chunked prefix sums (causal edges): the dense in-block part costs
-#: ``block * (d + dv)`` per row (polynomial of the logits) against ``2 r (dv+1)`` for the state.
-CAUSAL_BLOCK = 64
-
-
-def _causal_block(spec: ProblemSpec, rank: int, budget: int) -> int:
-    elems = max(1, budget // max(1, spec.itemsize))
-    per_row = spec.batch * (rank * 3 + 2 * CAUSAL_BLOCK)
-    return int(max(1, min(CAUSAL_BLOCK, elems // max(1, per_row))))
-
-
-def _contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str, tuple[tuple, ...]]:
-    """Einsum expressions of the contraction strategy (opt_einsum symbols; ``B`` batch, ``z`` value channel).
-
-    Each ``l_v`` (v >= 2) appears only in variable v's own factors, so its sum is pushed inside:
-    the *summary* ``T_v[alpha_m for m containing v, z] = sum_l prod_m F_v[l, alpha_m] V_v[l, z]``
-    (one expression per variable, accumulated over row chunks). The final expression contracts
-    x1's features (a chunk of rows), the coefficient vectors and the summaries over all alphas.
-    Returns ``(((v, summary_expr), ...), final_expr, final_operands)``.
-    """
-    import opt_einsum
-
-    sym = opt_einsum.get_symbol
-    t = spec.num_variables
-    b, z, row = sym(0), sym(1), sym(2)
-    monos = spec.polynomial.monomials
-    alpha = {m: sym(3 + i) for i, m in enumerate(monos)}
-    summaries = []
-    final_terms: list[str] = []
-    final_ops: list[tuple] = []
-    for v in range(2, t + 1):
-        mine = [m for m in monos if v in m]
-        ins = [b + row + alpha[m] for m in mine] + [b + row + z]
-        summaries.append((v, ",".join(ins) + "->" + b + "".join(alpha[m] for m in mine) + z))
-    for m in monos:
-        if 1 in m:
-            final_terms.append(b + row + alpha[m])
-            final_ops.append(("F1", m))
-    for m in monos:
-        final_terms.append(alpha[m])
-        final_ops.append(("coef", m))
-    for v in range(2, t + 1):
-        mine = [m for m in monos if v in m]
-        final_terms.append(b + "".join(alpha[m] for m in mine) + z)
-        final_ops.append(("T", v))
-    if 1 not in spec.polynomial.used_variables:
-        final_terms.append(b + row)
-        final_ops.append(("ones", 1))
-    return tuple(summaries), ",".join(final_terms) + "->" + b + row + z, tuple(final_ops)
-
-
-def _final_shapes(spec: ProblemSpec, operands: tuple[tuple, ...], rank: int, rows: int) -> list[tuple[int, ...]]:
-    monos = spec.polynomial.monomials
-    shapes = []
-    for kind, x in operands:
-        if kind == "F1":
-            shapes.append((spec.batch, rows, rank))
-        elif kind == "coef":
-            shapes.append((rank,))
-        elif kind == "T":
-            deg = sum(1 for m in monos if x in m)
-            shapes.append((spec.batch, *([rank] * deg), spec.value_dim + 1))
-        else:
-            shapes.append((spec.batch, rows))
-    return shapes
-
-
-def _plan_direct(spec: ProblemSpec, r: int) -> dict:
-    """One einsum over every variable's full features, values and coefficients (no summaries).
-
-    Cheaper than the summaries for short sequences of cyclic polynomials (the row indices are
-    contracted first), but it holds every feature matrix ``n_v x r`` at once.
-    """
-    import opt_einsum
-
-    sym = opt_einsum.get_symbol
-    t = spec.num_variables
-    b, z = sym(0), sym(1)
-    lvar = {v: sym(1 + v) for v in range(1, t + 1)}
-    alpha = {m: sym(2 + t + i) for i, m in enumerate(spec.polynomial.monomials)}
-    terms, ops, shapes = [], [], []
-    for m in spec.polynomial.monomials:
-        for v in m:
-            terms.append(b + lvar[v] + alpha[m])
-            ops.append(("F", v))
-            shapes.append((spec.batch, spec.seq_lens[v - 1], r))
-        terms.append(alpha[m])
-        ops.append(("coef", m))
-        shapes.append((r,))
-    for v in range(2, t + 1):
-        terms.append(b + lvar[v] + z)
-        ops.append(("V", v))
-        shapes.append((spec.batch, spec.seq_lens[v - 1], spec.value_dim + 1))
-    if 1 not in spec.polynomial.used_variables:
-        terms.append(b + lvar[1])
-        ops.append(("ones", 1))
-        shapes.append((spec.batch, spec.seq_lens[0]))
-    expr = ",".join(terms) + "->" + b + lvar[1] + z
-    path_list, info = opt_einsum.contract_path(expr, *shapes, shapes=True, optimize="auto")
-    feat = float(sum(spec.batch * spec.seq_lens[v - 1] * r for v in spec.polynomial.used_variables))
-    largest = float(info.largest_intermediate)
-    return dict(summaries=(), einsum=expr, operands=tuple(ops), rows=spec.seq_lens[0], largest=largest,
-                path=tuple(tuple(int(i) for i in st) for st in path_list), flops=float(info.opt_cost),
-                peak=(largest + feat) * spec.itemsize, summary_elems=0.0, feature_elems=feat)
-
-
-def _plan_contract(spec: ProblemSpec, r: int, p: int, memory_budget: int) -> dict:
-    """Summaries, final expression, x1 row chunk and opt_einsum path within the memory budget."""
-    import opt_einsum
-
-    summaries, final, ops = _contract_setup(spec)
-    monos = spec.polynomial.monomials
-    dv1 = spec.value_dim + 1
-    sizes = {v: spec.batch * r ** sum(1 for m in monos if v in m) * dv1 for v, _ in summaries}
-    t_total = float(sum(sizes.values()))
-    # Summary cost: n_v * r^deg(v) * dv1 multiply-adds (plus the features).
-    flops = sum(2.0 * spec.seq_lens[v - 1] * sizes[v] for v in sizes)
-    elems = memory_budget // max(1, spec.itemsize)
-    rows = _chunk_rows(spec, r, memory_budget)
-    while True:
-        shapes = _final_shapes(spec, ops, r, rows)
-        path_list, info = opt_einsum.contract_path(final, *shapes, shapes=True, optimize="auto")
-        largest = float(info.largest_intermediate)
-        # summaries + the largest summary under construction (its chunk einsum) + x1 chunk features
-        build = max((float(sizes[v]) + spec.batch * rows * r for v in sizes), default=0.0)
-        peak_elems = t_total + max(build, largest + spec.batch * rows * r * 2)
-        if peak_elems <= elems or rows == 1:
-            break
-        rows = max(1, rows // 2)
-    n1 = spec.seq_lens[0]
-    flops += float(info.opt_cost) * math.ceil(n1 / rows)
-    return dict(summaries=summaries, einsum=final, operands=ops, rows=rows, largest=largest,
-                path=tuple(tuple(int(i) for i in st) for st in path_list), flops=flops,
-                peak=peak_elems * spec.itemsize, summary_elems=t_total)
-
-
+# ------------------------------------------------------------------------------- planning
 def plan_structure(spec: ProblemSpec, budget: int) -> ApproxPlan:
     """The planner-table entry: structure only (the degree needs the tensors' entry bound)."""
-    strategy, parent, post = _structure(spec)
-    steps = _steps(spec, strategy, parent, post, rank=0)
+    strategy, parent, post = structure(spec)
+    steps = structure_steps(spec, strategy, parent, post)
     return ApproxPlan(
-        spec, "approx", _reason(spec, strategy), steps, 0.0, 0.0, 1, order=post,
+        spec, "approx", reason(spec, strategy), steps, 0.0, 0.0, 1, order=post,
         parents=tuple(sorted(parent.items())) if parent else (), strategy=strategy,
         memory_budget=int(budget),
     )
 
 
-def _reason(spec: ProblemSpec, strategy: str) -> str:
-    if strategy == "tree":
-        extra = " with prefix sums for the causal edges" if spec.causal else ""
-        return (
-            "polynomial method: exp of each monomial -> a low-degree polynomial, factorised through "
-            f"per-variable symmetric-power features; the factor graph is a forest, so message passing in feature space{extra}"
+def _magnitudes(spec: ProblemSpec, stats: ApproxStats | None, entry_bound: float | None, value_bound: float,
+                s: float) -> tuple[tuple[float, ...], float, float]:
+    """``(logit bound per monomial, value radius R, entry bound B)`` from measured stats or from ``B``."""
+    if stats is not None:
+        return logit_bounds(spec, stats, s), value_radius(spec, stats), stats.entry_bound
+    if entry_bound is None:
+        raise PolyAttentionError("plan_approx needs stats= (measured) or entry_bound=")
+    b_val = float(entry_bound)
+    xs = tuple(abs(s) * spec.head_dim * b_val ** len(m) for m in spec.polynomial.monomials)
+    nvals = sum(1 for hv in spec.has_values if hv)
+    radius = float(value_bound) ** nvals if nvals else 0.0
+    return xs, radius, b_val
+
+
+def _forced_degree(degree: int, xs: tuple[float, ...], radius: float, acc: Accuracy, d: int, basis: str,
+                   max_rank: int) -> float:
+    """The bound of a forced degree; raises when it has none, misses the target or is too large."""
+    _check_degree(degree, basis)
+    bound = error_bound(xs, degree, radius, basis)
+    if not math.isfinite(bound):
+        raise ApproximationRangeError(
+            f"degree={degree} ({basis}) is not positive on the logit range |x| <= {max(xs):.3g}, so it has no "
+            "error bound; use a higher degree, drop degree=, or use an exact method (method='auto')"
         )
-    return (
-        "polynomial method: exp of each monomial -> a low-degree polynomial, factorised through "
-        "per-variable symmetric-power features, contracted along an opt_einsum path"
+    if acc.target is not None and bound > acc.target:
+        raise ApproximationRangeError(
+            f"degree={degree} guarantees only {bound:.3g} > {acc.text}; drop degree= to let "
+            "the planner choose, or use an exact method"
+        )
+    if feature_rank(d, degree) > max_rank:
+        raise ApproximationRangeError(
+            f"degree={degree} with head dim {d} needs feature rank {feature_rank(d, degree):,} > max_rank="
+            f"{max_rank:,}; use a smaller degree, raise max_rank=, or use an exact method (method='auto')"
+        )
+    return bound
+
+
+def _speed(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
+           lay: Layout, budget: int, model: CostModel) -> tuple[float, str, float]:
+    """``(approx seconds, exact method, exact seconds)`` under ``model``; the exact plan is ``make_plan(spec, "auto")``."""
+    work = approx_work(spec, strategy, parent, rank, degree, lay.chunk, lay.flops)
+    from .strategy import make_plan  # the planner table imports this module
+
+    exact = make_plan(spec, "auto", budget)
+    return approx_seconds(work, model), exact.method, exact_seconds(exact, model)
+
+
+def _slower_error(plan: ApproxPlan) -> ApproximationRangeError:
+    assert plan.seconds is not None and plan.exact_seconds is not None
+    return ApproximationRangeError(
+        f"method='approx' would be slower than the exact method for {plan.target_text}: approx ~ "
+        f"{fmt_seconds(plan.seconds)} (degree {plan.degree}, feature rank {plan.rank:,}) vs exact "
+        f"{plan.exact_method!r} ~ {fmt_seconds(plan.exact_seconds)} ({plan.cost_source}). Use method='auto' "
+        "for the exact result, loosen tolerance= / rtol=, or pass allow_slower=True to run the "
+        "approximation anyway"
     )
-
-
-def _steps(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, post: tuple[int, ...], rank: int) -> tuple[Step, ...]:
-    dv1 = spec.value_dim + 1
-    if strategy == "tree":
-        assert parent is not None
-        monos = set(spec.polynomial.monomials)
-        causal = spec.causal_pairs()
-        steps = []
-        for c in post:
-            u = parent[c]
-            logits = (min(u, c), max(u, c)) in monos
-            r = rank if logits else 1
-            is_causal = (u, c) in causal or (c, u) in causal
-            nu, nc = spec.seq_lens[u - 1], spec.seq_lens[c - 1]
-            fl = spec.batch * (nu + nc) * r * (2.0 * dv1 + 1)
-            if is_causal:
-                fl += spec.batch * nu * 2.0 * (r * dv1 + CAUSAL_BLOCK * (spec.head_dim + dv1))
-            scope = (u, c, -1) if is_causal else (u, c)
-            steps.append(Step("approx_edge", c, scope, fl, 0.0, parent=u, logits=logits))
-        return tuple(steps)
-    return (Step("approx_contract", 1, tuple(range(1, spec.num_variables + 1)), 0.0, 0.0),)
 
 
 def plan_approx(
@@ -549,104 +503,68 @@ def plan_approx(
     value_bound: float = 1.0,
     scale: float | None = None,
     tolerance: float | None = None,
+    rtol: float | None = None,
     degree: int | None = None,
     basis: str = DEFAULT_BASIS,
     max_rank: int = MAX_RANK,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     requested: str = "approx",
+    cost_model: CostModel | None = None,
+    allow_slower: bool = False,
 ) -> ApproxPlan:
-    """The full approx plan: degree, rank, bound, chunking / contraction path.
+    """The full approx plan: degree, rank, bound, chunking / contraction path, time vs the exact plan.
 
     Give either measured ``stats`` (what ``poly_attention`` does) or just ``entry_bound`` (``B``) and
     ``value_bound`` (``|V| <= value_bound``), in which case ``X_m = |s| d B^k``.
-    ``degree=`` forces the degree (the bound is still reported; with ``tolerance=`` too it must meet it).
+    ``tolerance=`` (absolute) and ``rtol=`` (relative to the value radius ``R``) set the accuracy;
+    ``degree=`` forces the degree (the bound is still reported; with a target it must meet it).
+    ``cost_model`` (default :data:`DEFAULT_COST_MODEL`) turns both plans into seconds; when the
+    approximation would be slower than the exact plan it raises :class:`ApproximationRangeError`
+    unless ``allow_slower=True``.
     """
-    strategy, parent, post = _structure(spec)
+    strategy, parent, post = structure(spec)
     d = spec.head_dim
     s = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    if stats is not None:
-        xs = logit_bounds(spec, stats, s)
-        radius = value_radius(spec, stats)
-        b_val = stats.entry_bound
-    else:
-        if entry_bound is None:
-            raise PolyAttentionError("plan_approx needs stats= (measured) or entry_bound=")
-        b_val = float(entry_bound)
-        xs = tuple(abs(s) * d * b_val ** len(m) for m in spec.polynomial.monomials)
-        nvals = sum(1 for hv in spec.has_values if hv)
-        radius = float(value_bound) ** nvals if nvals else 0.0
+    if not isinstance(allow_slower, bool):
+        raise PolyAttentionError(f"allow_slower must be True or False, got {allow_slower!r}")
+    xs, radius, b_val = _magnitudes(spec, stats, entry_bound, value_bound, s)
+    acc = accuracy_target(tolerance, rtol, radius, degree_forced=degree is not None)
     if degree is not None:
-        _check_degree(degree, basis)
-        p = degree
-        bound = error_bound(xs, p, radius, basis)
-        if not math.isfinite(bound):
-            raise ApproximationRangeError(
-                f"degree={p} ({basis}) is not positive on the logit range |x| <= {max(xs):.3g}, so it has no "
-                "error bound; use a higher degree, drop degree=, or use an exact method (method='auto')"
-            )
-        if tolerance is not None and bound > tolerance:
-            raise ApproximationRangeError(
-                f"degree={p} guarantees only {bound:.3g} > tolerance={tolerance:g}; drop degree= to let "
-                "the planner choose, or use an exact method"
-            )
-        if feature_rank(d, p) > max_rank:
-            raise ApproximationRangeError(
-                f"degree={p} with head dim {d} needs feature rank {feature_rank(d, p):,} > max_rank="
-                f"{max_rank:,}; use a smaller degree, raise max_rank=, or use an exact method (method='auto')"
-            )
+        p, bound = degree, _forced_degree(degree, xs, radius, acc, d, basis, max_rank)
     else:
-        tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
         _check_degree(0, basis)
-        p, bound = choose_degree(xs, radius, tol, d, max_rank=max_rank, basis=basis)
+        p, bound = choose_degree(xs, radius, acc.target, d, max_rank=max_rank, basis=basis,  # type: ignore[arg-type]
+                                 target_text=acc.text)
     r = feature_rank(d, p)
-    steps = _steps(spec, strategy, parent, post, rank=r)
-    itemsize = spec.itemsize
-    einsum, operands, path, largest = "", (), (), 0.0
-    summaries: tuple = ()
-    chunk = 0
-    if strategy == "tree":
-        chunk = _chunk_rows(spec, r, memory_budget)
-        flops = sum(st.flops for st in steps)
-        peak = spec.batch * (chunk * r * 3 + max(spec.seq_lens) * (spec.value_dim + 1) * 2) * itemsize
-        if spec.causal:
-            blk = _causal_block(spec, r, memory_budget)
-            peak = max(peak, spec.batch * blk * (r * 3 + 2 * blk) * itemsize)
-    else:
-        cp = _plan_contract(spec, r, p, memory_budget)
-        direct = _plan_direct(spec, r)
-        if direct["peak"] <= memory_budget and (cp["peak"] > memory_budget or direct["flops"] < cp["flops"]):
-            cp = direct
-        einsum, operands, path, largest = cp["einsum"], cp["operands"], cp["path"], cp["largest"]
-        summaries, chunk, flops, peak = cp["summaries"], cp["rows"], cp["flops"], cp["peak"]
-        steps = tuple(
-            Step("approx_summary", v, (v,), 2.0 * spec.seq_lens[v - 1] * spec.batch
-                 * r ** sum(1 for m in spec.polynomial.monomials if v in m) * (spec.value_dim + 1), 0.0)
-            for v, _ in summaries
-        ) + (Step("approx_contract" if summaries else "approx_direct", 1, tuple(range(1, spec.num_variables + 1)),
-                  flops, peak),)
-        if peak > memory_budget:
-            raise ApproximationRangeError(
-                f"method='approx' with degree {p} (rank {r:,}) needs {_fmt_bytes(peak)} of working memory "
-                f"for {spec.polynomial} (per-variable summaries {cp['summary_elems']:,.0f} elements, r^(number of "
-                f"monomials containing the variable) each; largest intermediate {largest:,.0f}; contracting all "
-                f"rows at once instead would need {_fmt_bytes(direct['peak'])}), above "
-                f"memory_budget={_fmt_bytes(memory_budget)}: the feature indices of a cyclic polynomial multiply. "
-                "Use a looser tolerance, a larger memory_budget=, or an exact method (method='auto')"
-            )
-    notes = []
-    if strategy == "contract":
-        if summaries:
-            notes.append(f"final einsum {einsum} over x1 chunks of {chunk} rows (opt_einsum path {list(path)})")
-        else:
-            notes.append(f"one einsum {einsum} over all rows (short sequences; opt_einsum path {list(path)})")
-    return ApproxPlan(
-        spec, "approx", _reason(spec, strategy), steps, flops, float(peak), 1, order=post,
+    lay = layout(spec, strategy, parent, post, r, p, memory_budget)
+    if lay.overflow:
+        raise ApproximationRangeError(
+            f"method='approx' with degree {p} (rank {r:,}) needs {_fmt_bytes(lay.peak)} of working memory "
+            f"for {spec.polynomial} ({lay.overflow}), above memory_budget={_fmt_bytes(memory_budget)}: the "
+            "feature indices of a cyclic polynomial multiply. Use a looser tolerance, a larger "
+            "memory_budget=, or an exact method (method='auto')"
+        )
+    model = DEFAULT_COST_MODEL if cost_model is None else cost_model
+    secs, exact_method, exact_secs = _speed(spec, strategy, parent, r, p, lay, memory_budget, model)
+    plan = ApproxPlan(
+        spec, "approx", reason(spec, strategy), lay.steps, lay.flops, lay.peak, 1, order=post,
         parents=tuple(sorted(parent.items())) if parent else (), requested=requested,
-        notes=tuple(notes), strategy=strategy, degree=p, rank=r,
-        tolerance=None if tolerance is None and degree is not None else (DEFAULT_TOLERANCE if tolerance is None else float(tolerance)),
+        notes=lay.notes, strategy=strategy, degree=p, rank=r,
+        tolerance=acc.tolerance, rtol=acc.rtol, target=acc.target, target_text=acc.text,
         entry_bound=b_val, scale=s, logit_bound=tuple(xs), value_radius=radius, error_bound=bound,
         degree_forced=degree is not None, basis=basis,
-        exp_coeffs=tuple(exp_coefficients(basis, p, float(x)) for x in xs), memory_budget=int(memory_budget), chunk_rows=chunk,
-        einsum=einsum, operands=operands, path=path, largest_intermediate=largest, summaries=summaries,
+        exp_coeffs=tuple(exp_coefficients(basis, p, float(x)) for x in xs), memory_budget=int(memory_budget),
+        chunk_rows=lay.chunk, causal_block=lay.block, einsum=lay.einsum, operands=lay.operands, path=lay.path,
+        largest_intermediate=lay.largest, summaries=lay.summaries, seconds=secs, exact_seconds=exact_secs,
+        exact_method=exact_method, cost_source=_source_text(model), allow_slower=allow_slower,
     )
+    if not allow_slower and not plan.faster_than_exact:
+        raise _slower_error(plan)
+    return plan
+
+
+def _source_text(model: CostModel) -> str:
+    exact = model.exact_probe or "default rates per step kind"
+    approx = f"cost model {model.source}" + (f", {model.approx_probe}" if model.approx_probe else "")
+    return f"approx: {approx}; exact: {exact}"
 

@@ -31,6 +31,9 @@ class Method(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __repr__(self) -> str:  # messages show method={m!r} as method='tree'
+        return repr(self.value)
+
     @property
     def exact(self) -> bool:
         return self is not Method.APPROX
