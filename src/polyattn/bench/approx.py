@@ -32,15 +32,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
-
-from polyattn.planning.approx import MAX_RANK, degree_needed, feature_rank
 
 from ..atomicio import atomic_save_figure, atomic_write_json
 from ..errors import MethodError
 from ..functional import plan_for, poly_attention
+from ..planning.approx import MAX_RANK, ApproxPlan, degree_needed, feature_rank
 from ..polynomial import parse
 from ..timing import fit_exponent
 
@@ -77,6 +78,13 @@ def clock() -> float:
     return _clock[0]()
 
 
+def _aplan(*args: Any, **kw: Any) -> ApproxPlan:
+    """:func:`plan_for` of an approx call (typed: the refined plan is an :class:`ApproxPlan`)."""
+    pl = plan_for(*args, **kw)
+    assert isinstance(pl, ApproxPlan)
+    return pl
+
+
 def _time(fn: Callable[[], torch.Tensor], reps: int) -> tuple[float, torch.Tensor]:
     """Best time (``--clock``) over ``reps`` runs (after none: the first run is timed too when reps == 1)."""
     best, out = math.inf, None
@@ -109,12 +117,12 @@ def _env() -> dict:
 def _target_case(name: str, q, v, acc: dict, args: argparse.Namespace) -> dict:  # noqa: ANN001
     decision = "approx"
     try:
-        plan = plan_for(PATH, q, v, method="approx", **acc)  # measured cost model; raises if slower
+        plan = _aplan(PATH, q, v, method="approx", **acc)  # measured cost model; raises if slower
     except MethodError as e:  # record the refusal, then measure anyway
         decision = f"refused: {e}"
         print(decision)
         acc = {**acc, "allow_slower": True}
-        plan = plan_for(PATH, q, v, method="approx", **acc)
+        plan = _aplan(PATH, q, v, method="approx", **acc)
     print(plan)
     t_apx, out = _time(lambda: poly_attention(PATH, q, v, method="approx", **acc), args.reps)
     exact_plan = plan_for(PATH, q, v)
@@ -123,6 +131,7 @@ def _target_case(name: str, q, v, acc: dict, args: argparse.Namespace) -> dict: 
     # How hard is this data? Degree 0 (uniform weights, no attention at all) as a yardstick.
     out0 = poly_attention(PATH, q, v, method="approx", degree=0, allow_slower=True)
     err0 = (out0.double() - ref.double()).abs().max().item()
+    assert plan.exact_seconds is not None and plan.seconds is not None and plan.error_bound is not None
     print(f"[{name}] approx {t_apx:.3f}s  exact ({exact_plan.method}) {t_ex:.3f}s  speedup {t_ex / t_apx:.1f}x "
           f"(predicted {plan.exact_seconds / plan.seconds:.1f}x)  max|err| {err:.3g}  stated bound "
           f"{plan.error_bound:.3g}  (degree-0 / uniform weights: {err0:.3g})")
@@ -179,12 +188,12 @@ def suite_scaling(args: argparse.Namespace) -> dict:
     rows = []
     for n in ns:
         q, v = _inputs(n, d, d)
-        plan = plan_for(PATH, q, v, method="approx", tolerance=tol, causal=causal, allow_slower=True)
-        t_apx, _ = _time(lambda q=q, v=v: poly_attention(PATH, q, v, method="approx", tolerance=tol,
-                                                                causal=causal, allow_slower=True), args.reps)
+        plan = _aplan(PATH, q, v, method="approx", tolerance=tol, causal=causal, allow_slower=True)
+        t_apx, _ = _time(partial(poly_attention, PATH, q, v, method="approx", tolerance=tol,
+                                 causal=causal, allow_slower=True), args.reps)
         t_ex = None
         if n <= exact_max:
-            t_ex, _ = _time(lambda q=q, v=v: poly_attention(PATH, q, v, causal=causal), args.exact_reps)
+            t_ex, _ = _time(partial(poly_attention, PATH, q, v, causal=causal), args.exact_reps)
         rows.append({"n": n, "approx_seconds": t_apx, "exact_seconds": t_ex, "degree": plan.degree, "rank": plan.rank})
         print(f"n={n:6d}  approx {t_apx:.3f}s (p={plan.degree}, r={plan.rank})"
               + (f"  exact {t_ex:.3f}s  ratio {t_ex / t_apx:.1f}x" if t_ex else ""))
@@ -222,9 +231,9 @@ def _pareto_points(q, v, d: int, reps: int, exact_reps: int) -> dict:  # noqa: A
         for p in degrees:
             if feature_rank(d, p) > MAX_RANK:
                 continue
-            plan = plan_for(PATH, q, v, method="approx", degree=p, basis=basis, allow_slower=True)
-            t, out = _time(lambda p=p, basis=basis: poly_attention(PATH, q, v, method="approx", degree=p,
-                                                                           basis=basis, allow_slower=True), reps)
+            plan = _aplan(PATH, q, v, method="approx", degree=p, basis=basis, allow_slower=True)
+            t, out = _time(partial(poly_attention, PATH, q, v, method="approx", degree=p,
+                                   basis=basis, allow_slower=True), reps)
             err = (out.double() - ref).abs().max().item()
             pts.append({"basis": basis, "degree": p, "rank": plan.rank, "seconds": t, "max_abs_error": err,
                         "stated_bound": plan.error_bound, "speedup": t_ex / t})
@@ -294,7 +303,7 @@ def suite_degree(args: argparse.Namespace) -> dict:
         for poly, k in ((PATH, 2), ("x1*x2*x3", 3)):
             q, v = _inputs(4096, d, d, amp=b)
             try:
-                plan = plan_for(poly, q, v, method="approx", tolerance=tol, allow_slower=True)
+                plan = _aplan(poly, q, v, method="approx", tolerance=tol, allow_slower=True)
                 measured.append({"B": b, "k": k, "polynomial": poly, "degree": plan.degree, "rank": plan.rank,
                                  "bound": plan.error_bound, "logit_bound": list(plan.logit_bound)})
             except MethodError as e:
@@ -327,7 +336,8 @@ def suite_bound(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     polys = {2: ["x1*x2", "x1*x2 + x2*x3", "x1*x2 + x1*x3 + x3*x4", "x1*x2 + x2*x3 + x1*x3", "x1*x3 + x3*x4"],
              3: ["x1*x2*x3", "x1*x2*x3 + x3*x4", "x1*x2 + x2*x3*x4", "x1*x2*x3 + x1*x4"]}
-    cases, refused = [], 0
+    cases: list[dict[str, Any]] = []
+    refused = 0
     for i in range(args.cases):
         k = 2 if i % 2 == 0 else 3
         poly = rng.choice(polys[k])
@@ -341,7 +351,7 @@ def suite_bound(args: argparse.Namespace) -> dict:
         q = [amp * (2 * torch.rand(n, d, generator=g, dtype=torch.float64) - 1) for n in lens]
         v = [torch.randn(n, dv, generator=g, dtype=torch.float64) for n in lens[1:]]
         try:
-            plan = plan_for(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal,
+            plan = _aplan(poly, q, v, method="approx", degree=degree, basis=basis, causal=causal,
                                    allow_slower=True)
         except MethodError:
             refused += 1
@@ -350,9 +360,11 @@ def suite_bound(args: argparse.Namespace) -> dict:
                                       allow_slower=True)
         ref = poly_attention(poly, q, v, method="reference", causal=causal)
         err = (out - ref).abs().max().item()
+        bound = plan.error_bound
+        assert bound is not None  # a refined plan states its bound
         cases.append({"polynomial": poly, "k": k, "causal": causal, "basis": basis, "degree": degree,
-                      "observed": err, "bound": plan.error_bound, "holds": err <= plan.error_bound,
-                      "holds_with_rounding": err <= plan.error_bound + 1e-12})
+                      "observed": err, "bound": bound, "holds": err <= bound,
+                      "holds_with_rounding": err <= bound + 1e-12})
     held = sum(c["holds_with_rounding"] for c in cases)
     strict = sum(c["holds"] for c in cases)
     ratios = [c["observed"] / c["bound"] for c in cases if c["bound"] > 0]

@@ -153,7 +153,7 @@ def _contract_direct(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.
     for kind, x in plan.operands:
         if kind == "F":
             if x not in cache:
-                cache[x] = feats(flat(prob.q[x]))  # type: ignore[arg-type]
+                cache[x] = feats(flat(prob.q[x]))
             ops.append(cache[x])
         elif kind == "coef":
             ops.append(feats.coef(plan.exp_coeffs[monos.index(x)]))
@@ -189,7 +189,8 @@ def _contract(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tensor:
         for r0 in range(0, n_v, chunk):
             piece = _run(part, q[:, r0 : r0 + chunk], val[:, r0 : r0 + chunk])
             acc = piece if acc is None else acc + piece
-        summary[v] = acc / n_v  # type: ignore[operator]
+        assert acc is not None
+        summary[v] = acc / n_v
     q1 = flat(prob.q[1])  # type: ignore[arg-type]
     outs = []
     for r0 in range(0, prob.n(1), chunk):
@@ -225,7 +226,7 @@ def approx_attention(prob: Problem, plan: Plan) -> torch.Tensor:
             "an approx plan must be refined from the tensors before it runs (its degree depends on "
             "their entry bound): poly_attention does this, or call polyattn.plan_for(..., method='approx')"
         )
-    feats = Features(prob.spec.head_dim, plan.degree, prob.scale, prob.device, prob.dtype)  # type: ignore[arg-type]
+    feats = Features(prob.spec.head_dim, plan.degree, prob.scale, prob.device, prob.dtype)
     if plan.strategy == "tree":
         return tree_approx(prob, plan, feats)
     return _contract(prob, plan, feats)

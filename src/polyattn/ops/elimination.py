@@ -265,7 +265,7 @@ def elimination_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     global_idx = [i for i, st in enumerate(detail.steps) if not st.depends_on_query]
     query_idx = [i for i, st in enumerate(detail.steps) if st.depends_on_query]
     col_chunks = range(0, dv, cc) if has_any_value else [0]
-    outs = []
+    outs: list[torch.Tensor] = []
     zeros: list[torch.Tensor] = []  # per query-row chunk of the first column chunk: normaliser == 0
     for c0 in col_chunks:
         cols = (c0, min(dv, c0 + cc))

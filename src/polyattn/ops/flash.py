@@ -149,6 +149,7 @@ class _FlashEdge(torch.autograd.Function):
         anchor = saved[0]
         # This backward is one fused op without a derivative: compute on detached tensors.
         q, k, v, bias, attn_mask, out, lse = (x.detach() if x is not None else None for x in saved)
+        assert q is not None and k is not None and out is not None and lse is not None
         is_causal, scale = ctx.meta
         q, k = _unit(q), _unit(k)
         d = q.shape[-1]
@@ -157,7 +158,7 @@ class _FlashEdge(torch.autograd.Function):
         if hb and attn_mask is None:
             attn_mask = None  # the forward's bias-as-mask: its logits equal the augmented ones
         width = max(d + hb, dv, 1)
-        if hb:
+        if bias is not None:
             qa, ka = _augment(q, k, bias, scale, width)
             op_scale = 1.0
         else:

@@ -56,6 +56,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import PolyAttentionError
 from .approx_bound import (  # noqa: F401 - re-exported
@@ -96,6 +97,7 @@ from .approx_layout import (  # noqa: F401 - re-exported
     structure,
     structure_steps,
 )
+from .methods import Method
 from .plan import DEFAULT_MEMORY_BUDGET, Plan, _fmt_bytes, _fmt_flops
 from .spec import ProblemSpec
 
@@ -331,7 +333,7 @@ class ApproxPlan(Plan):
     chunk_rows: int = 0
     causal_block: int = 0  # tree strategy, causal edges: block length of the chunked prefix sums
     einsum: str = ""  # contract strategy: the final expression (x1 rows chunked)
-    operands: tuple[tuple, ...] = ()
+    operands: tuple[tuple[Any, ...], ...] = ()
     summaries: tuple[tuple[int, str], ...] = ()  # contract strategy: (variable, summary expression)
     path: tuple[tuple[int, ...], ...] = ()
     largest_intermediate: float = 0.0
@@ -353,7 +355,7 @@ class ApproxPlan(Plan):
             return {"degree": self.degree, "basis": self.basis}
         return {"tolerance": self.tolerance, "basis": self.basis}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         out = super().to_dict()
         out.update(
             strategy=self.strategy, degree=self.degree, basis=self.basis,
@@ -431,7 +433,7 @@ def plan_structure(spec: ProblemSpec, budget: int) -> ApproxPlan:
     strategy, parent, post = structure(spec)
     steps = structure_steps(spec, strategy, parent, post)
     return ApproxPlan(
-        spec, "approx", reason(spec, strategy), steps, 0.0, 0.0, 1, order=post,
+        spec, Method.APPROX, reason(spec, strategy), steps, 0.0, 0.0, 1, order=post,
         parents=tuple(sorted(parent.items())) if parent else (), strategy=strategy,
         memory_budget=int(budget),
     )
@@ -547,7 +549,7 @@ def plan_approx(
     model = DEFAULT_COST_MODEL if cost_model is None else cost_model
     secs, exact_method, exact_secs = _speed(spec, strategy, parent, r, p, lay, memory_budget, model)
     plan = ApproxPlan(
-        spec, "approx", reason(spec, strategy), lay.steps, lay.flops, lay.peak, 1, order=post,
+        spec, Method.APPROX, reason(spec, strategy), lay.steps, lay.flops, lay.peak, 1, order=post,
         parents=tuple(sorted(parent.items())) if parent else (), requested=requested,
         notes=lay.notes, strategy=strategy, degree=p, rank=r,
         tolerance=acc.tolerance, rtol=acc.rtol, target=acc.target, target_text=acc.text,

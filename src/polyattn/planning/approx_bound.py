@@ -181,7 +181,7 @@ def feature_table(d: int, degree: int) -> tuple[tuple[tuple[int, ...], ...], tup
     ``1/alpha!`` and ``|alpha|`` for all ``r = C(d+p, p)`` features (degree 0 and 1 first).
     """
     counts: list[tuple[int, ...]] = []
-    prev = [(c,) for c in range(d)] if degree >= 1 else []
+    prev: list[tuple[int, ...]] = [(c,) for c in range(d)] if degree >= 1 else []
     inv_fact: list[float] = [1.0] + [1.0] * len(prev)
     degs: list[int] = [0] + [1] * len(prev)
     for i in range(2, degree + 1):

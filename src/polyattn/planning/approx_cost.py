@@ -74,7 +74,7 @@ class CostModel:
     def with_exact(self, seconds_per_flop: float, probe: str) -> CostModel:
         return replace(self, exact_seconds_per_flop=float(seconds_per_flop), exact_probe=probe)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {"product_flops": self.product_flops, "build_entries": self.build_entries,
                 "op_seconds": self.op_seconds, "row_seconds": self.row_seconds, "call_seconds": self.call_seconds,
                 "exact_seconds_per_flop": self.exact_seconds_per_flop, "approx_scale": self.approx_scale,

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import MethodError
+from .details import StepKind
 from .plan import Step
 from .spec import ProblemSpec
 from .structure_ext import rooted_forest
@@ -111,7 +113,7 @@ def build_ops_per_chunk(d: int, degree: int) -> int:
 
 
 # ------------------------------------------------------------------------------- contraction
-def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str, tuple[tuple, ...]]:
+def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str, tuple[tuple[Any, ...], ...]]:
     """Einsum expressions of the contraction strategy (opt_einsum symbols; ``B`` batch, ``z`` value channel).
 
     Each ``l_v`` (v >= 2) appears only in variable v's own factors, so its sum is pushed inside:
@@ -120,7 +122,7 @@ def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str,
     x1's features (a chunk of rows), the coefficient vectors and the summaries over all alphas.
     Returns ``(((v, summary_expr), ...), final_expr, final_operands)``.
     """
-    import opt_einsum  # type: ignore[import-untyped]
+    import opt_einsum
 
     sym = opt_einsum.get_symbol
     t = spec.num_variables
@@ -129,7 +131,7 @@ def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str,
     alpha = {m: sym(3 + i) for i, m in enumerate(monos)}
     summaries = []
     final_terms: list[str] = []
-    final_ops: list[tuple] = []
+    final_ops: list[tuple[Any, ...]] = []
     for v in range(2, t + 1):
         mine = [m for m in monos if v in m]
         ins = [b + row + alpha[m] for m in mine] + [b + row + z]
@@ -151,7 +153,7 @@ def contract_setup(spec: ProblemSpec) -> tuple[tuple[tuple[int, str], ...], str,
     return tuple(summaries), ",".join(final_terms) + "->" + b + row + z, tuple(final_ops)
 
 
-def final_shapes(spec: ProblemSpec, operands: tuple[tuple, ...], rank: int, rows: int) -> list[tuple[int, ...]]:
+def final_shapes(spec: ProblemSpec, operands: tuple[tuple[Any, ...], ...], rank: int, rows: int) -> list[tuple[int, ...]]:
     monos = spec.polynomial.monomials
     shapes: list[tuple[int, ...]] = []
     for kind, x in operands:
@@ -167,13 +169,13 @@ def final_shapes(spec: ProblemSpec, operands: tuple[tuple, ...], rank: int, rows
     return shapes
 
 
-def plan_direct(spec: ProblemSpec, r: int) -> dict:
+def plan_direct(spec: ProblemSpec, r: int) -> dict[str, Any]:
     """One einsum over every variable's full features, values and coefficients (no summaries).
 
     Cheaper than the summaries for short sequences of cyclic polynomials (the row indices are
     contracted first), but it holds every feature matrix ``n_v x r`` at once.
     """
-    import opt_einsum  # type: ignore[import-untyped]
+    import opt_einsum
 
     sym = opt_einsum.get_symbol
     t = spec.num_variables
@@ -181,7 +183,7 @@ def plan_direct(spec: ProblemSpec, r: int) -> dict:
     lvar = {v: sym(1 + v) for v in range(1, t + 1)}
     alpha = {m: sym(2 + t + i) for i, m in enumerate(spec.polynomial.monomials)}
     terms: list[str] = []
-    ops: list[tuple] = []
+    ops: list[tuple[Any, ...]] = []
     shapes: list[tuple[int, ...]] = []
     for m in spec.polynomial.monomials:
         for v in m:
@@ -208,9 +210,9 @@ def plan_direct(spec: ProblemSpec, r: int) -> dict:
                 peak=(largest + feat) * spec.itemsize, summary_elems=0.0, feature_elems=feat)
 
 
-def plan_contract(spec: ProblemSpec, r: int, p: int, memory_budget: int) -> dict:
+def plan_contract(spec: ProblemSpec, r: int, p: int, memory_budget: int) -> dict[str, Any]:
     """Summaries, final expression, x1 row chunk and opt_einsum path within the memory budget."""
-    import opt_einsum  # type: ignore[import-untyped]
+    import opt_einsum
 
     summaries, final, ops = contract_setup(spec)
     monos = spec.polynomial.monomials
@@ -254,7 +256,7 @@ def edge_steps(spec: ProblemSpec, parent: dict[int, int], post: tuple[int, ...],
         if is_causal:
             fl += spec.batch * nu * 2.0 * (r * dv1 + CAUSAL_BLOCK * (spec.head_dim + dv1))
         scope = (u, c, -1) if is_causal else (u, c)
-        steps.append(Step("approx_edge", c, scope, fl, 0.0, parent=u, logits=logits))
+        steps.append(Step(StepKind.APPROX_EDGE, c, scope, fl, 0.0, parent=u, logits=logits))
     return tuple(steps)
 
 
@@ -264,7 +266,7 @@ def structure_steps(spec: ProblemSpec, strategy: str, parent: dict[int, int] | N
     if strategy == "tree":
         assert parent is not None
         return edge_steps(spec, parent, post, rank=0)
-    return (Step("approx_contract", 1, tuple(range(1, spec.num_variables + 1)), 0.0, 0.0),)
+    return (Step(StepKind.APPROX_CONTRACT, 1, tuple(range(1, spec.num_variables + 1)), 0.0, 0.0),)
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,7 @@ class Layout:
     peak: float
     chunk: int
     einsum: str = ""
-    operands: tuple[tuple, ...] = ()
+    operands: tuple[tuple[Any, ...], ...] = ()
     summaries: tuple[tuple[int, str], ...] = ()
     path: tuple[tuple[int, ...], ...] = ()
     largest: float = 0.0
@@ -303,10 +305,10 @@ def _contract_layout(spec: ProblemSpec, r: int, p: int, budget: int) -> Layout:
         cp = direct
     monos = spec.polynomial.monomials
     steps = tuple(
-        Step("approx_summary", v, (v,), 2.0 * spec.seq_lens[v - 1] * spec.batch
+        Step(StepKind.APPROX_SUMMARY, v, (v,), 2.0 * spec.seq_lens[v - 1] * spec.batch
              * r ** sum(1 for m in monos if v in m) * (spec.value_dim + 1), 0.0)
         for v, _ in cp["summaries"]
-    ) + (Step("approx_contract" if cp["summaries"] else "approx_direct", 1,
+    ) + (Step(StepKind.APPROX_CONTRACT if cp["summaries"] else StepKind.APPROX_DIRECT, 1,
               tuple(range(1, spec.num_variables + 1)), cp["flops"], cp["peak"]),)
     if cp["summaries"]:
         note = f"final einsum {cp['einsum']} over x1 chunks of {cp['rows']} rows (opt_einsum path {list(cp['path'])})"
