@@ -215,3 +215,24 @@ def test_padded_batch_matches_unpadded_sequences():
             torch.testing.assert_close(out[1], b[0], rtol=0, atol=1e-12)
     with pytest.raises(PolyAttentionError, match="key_padding_mask must be bool"):
         m(tok, key_padding_mask=keep[:, :3])
+
+
+# --------------------------------------------------------------------------------- approximation
+def test_approx_accepts_views_and_propagates_nan():
+    g = torch.Generator().manual_seed(4)
+    base = [torch.rand(2, 3, 96, generator=g, dtype=F64) - 0.5 for _ in range(3)]
+    q = [x.transpose(-1, -2) for x in base]  # [2, 96, 3] views with head-dim stride 96
+    v = [torch.randn(2, 96, 4, generator=g, dtype=F64)[..., ::2] for _ in range(2)]  # sliced head dim
+    kw = dict(method="approx", tolerance=1e-3, allow_slower=True)
+    out = polyattn.poly_attention("x1*x2 + x2*x3", q, v, **kw)
+    same = polyattn.poly_attention("x1*x2 + x2*x3", [x.contiguous() for x in q], [x.contiguous() for x in v], **kw)
+    assert torch.equal(out, same)
+    ref = _ref("x1*x2 + x2*x3", q, v)
+    assert (out - ref).abs().max() <= 1e-3
+    q = [x.contiguous() for x in q]
+    q[0][1, 7, 0] = float("nan")  # one query row: only that row
+    out = polyattn.poly_attention("x1*x2 + x2*x3", q, v, **kw)
+    assert out[1, 7].isnan().all() and torch.isfinite(out[1, :7]).all() and torch.isfinite(out[0]).all()
+    q[2][0, 5, 1] = float("nan")  # a leaf key: every row of that batch entry
+    out = polyattn.poly_attention("x1*x2 + x2*x3", q, v, **kw)
+    assert out[0].isnan().all()
