@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import PolyAttentionError
 from ..functional import poly_attention
+from ..planning.placement import check_layer_placement, root_placed_variables
 from ..polynomial import AttentionPolynomial, parse
 
 __all__ = ["PolyAttention"]
@@ -62,6 +63,11 @@ class PolyAttention(nn.Module):
         valueless: non-query variables declared value-less (their value is the all-ones vector,
             DESIGN §1.2), e.g. ``(2,)`` for ``x1*x2 + x2*x3`` so that only the leaf ``x3`` carries
             a value; they get no value projection.
+        value_placement: ``"own"`` (the paper's formula), ``"root"`` (the authors' released code:
+            x1's internal neighbours' values, e.g. x2's in ``x1*x2 + x2*x3``, are multiplied at the
+            query position) or ``{j: "own" | "root"}``; see :func:`polyattn.poly_attention`. A
+            root-placed variable must carry a value; its value is projected from the query's input
+            ``x`` (read at the query position), its query row from its context (default ``x``).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class PolyAttention(nn.Module):
         scale: float | None = None,
         method: str = "auto",
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         if dim < 1 or heads < 1:
@@ -109,6 +116,8 @@ class PolyAttention(nn.Module):
         if len(self.valueless) == self.t - 1:
             raise PolyAttentionError("at least one variable must carry a value; remove one from valueless")
         self._value_vars = [j for j in range(2, self.t + 1) if j not in self.valueless]
+        self.value_placement = check_layer_placement(self.polynomial, value_placement, self.valueless)
+        self._root_vars = root_placed_variables(self.polynomial, self.value_placement)
         inner_q = heads * dim_head
         inner_v = heads * self.value_dim_head
         # to_q[j-1] projects x_j; to_v[i] projects the i-th value-carrying variable (j >= 2)
@@ -126,6 +135,7 @@ class PolyAttention(nn.Module):
             f"polynomial='{self.polynomial}', dim={self.dim}, heads={self.heads}, "
             f"dim_head={self.dim_head}, causal={self.causal!r}, method={self.method!r}"
             + (f", valueless={list(self.valueless)}" if self.valueless else "")
+            + (f", value_placement={self.value_placement!r}" if self.value_placement != "own" else "")
         )
 
     def _split(self, y: torch.Tensor, width: int) -> torch.Tensor:
@@ -172,7 +182,9 @@ class PolyAttention(nn.Module):
                 ctx[j] = c
         inputs = [ctx.get(j, x) for j in range(1, self.t + 1)]
         queries = [self._split(self.to_q[j](inp), self.dim_head) for j, inp in enumerate(inputs)]
-        proj = {j: self._split(lin(inputs[j - 1]), self.value_dim_head) for j, lin in zip(self._value_vars, self.to_v)}
+        # a root-placed value is read at the query position: projected from x1's input
+        src = {j: inputs[0] if j in self._root_vars else inputs[j - 1] for j in self._value_vars}
+        proj = {j: self._split(lin(src[j]), self.value_dim_head) for j, lin in zip(self._value_vars, self.to_v)}
         values = [proj.get(j) for j in range(2, self.t + 1)]
         out = poly_attention(
             self.polynomial,
@@ -182,6 +194,7 @@ class PolyAttention(nn.Module):
             causal=self.causal,
             mask=mask,
             method=self.method,
+            value_placement=self.value_placement,
         )  # [B, H, n_1, d_v]
         b, _, n1, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n1, self.heads * self.value_dim_head)

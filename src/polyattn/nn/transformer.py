@@ -16,7 +16,7 @@ summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,12 +43,13 @@ class PolyBlock(nn.Module):
         dropout: float,
         method: str,
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = PolyAttention(
             dim, polynomial, heads=heads, dim_head=dim_head, causal=causal, dropout=dropout, method=method,
-            valueless=valueless,
+            valueless=valueless, value_placement=value_placement,
         )
         self.norm2 = nn.LayerNorm(dim)
         hidden = max(1, int(round(dim * mlp_ratio)))
@@ -90,7 +91,7 @@ class PolyTransformer(nn.Module):
         max_len: if given, adds a learned position embedding for sequences up to this length.
         readout: ``"last"`` (logits of the last position, ``[B, classes]``) or ``"all"``
             (per-position logits, ``[B, N, classes]``).
-        causal, dropout, method, valueless: passed to every :class:`PolyAttention`.
+        causal, dropout, method, valueless, value_placement: passed to every :class:`PolyAttention`.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class PolyTransformer(nn.Module):
         dropout: float = 0.0,
         method: str = "auto",
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         if readout not in ("last", "all"):
@@ -143,6 +145,7 @@ class PolyTransformer(nn.Module):
                 dropout=dropout,
                 method=method,
                 valueless=valueless,
+                value_placement=value_placement,
             )
             for p in polys
         )
