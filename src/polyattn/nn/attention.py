@@ -27,6 +27,8 @@ from ..errors import PolyAttentionError
 from ..functional import poly_attention
 from ..planning.placement import check_layer_placement, root_placed_variables
 from ..polynomial import AttentionPolynomial, parse
+from .cache import DecodeCache
+from .decode import attention_step
 
 __all__ = ["PolyAttention"]
 
@@ -147,13 +149,23 @@ class PolyAttention(nn.Module):
         x: torch.Tensor,
         contexts: Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None] | None = None,
         mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
+        *,
+        cache: DecodeCache | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: ``[B, N, dim]`` → ``[B, N, dim]``.
 
         ``contexts`` gives cross-attention inputs per variable, either ``{j: [B, n_j, dim_j]}``
         (1-based) or a length-``t`` sequence whose ``None`` entries mean ``x``. ``mask`` is a
         pair-mask dict as in :func:`polyattn.poly_attention` (True = allowed).
+
+        Incremental decoding (causal tree-attention, :mod:`polyattn.nn.decode`): with
+        ``cache=DecodeCache()`` the call appends ``x``'s positions to the cache and returns their
+        outputs, equal to those rows of the full causal forward; ``token_mask`` ``[B, N]`` (True =
+        real token) excludes padding, with or without a cache.
         """
+        if cache is not None or token_mask is not None:
+            return attention_step(self, x, cache, token_mask=token_mask, contexts=contexts, mask=mask)
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise PolyAttentionError(
                 f"x must be [batch, seq, dim={self.dim}], got shape {tuple(x.shape)}"
