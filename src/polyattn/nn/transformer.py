@@ -17,6 +17,7 @@ summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from ..errors import PolyAttentionError
 from ..polynomial import AttentionPolynomial
 from .attention import PolyAttention
+from .generate import generate
 
 __all__ = ["PolyTransformer", "PolyBlock"]
 
@@ -178,3 +180,11 @@ class PolyTransformer(nn.Module):
         if self.readout == "last":
             h = h[:, -1]
         return self.head(h)
+
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Autoregressive generation, with a :class:`~polyattn.DecodeCache` per block by default.
+
+        See :func:`polyattn.nn.generate.generate` (``token_mask=``, ``use_cache=``, ``temperature=``,
+        ``generator=``, ``return_logits=``).
+        """
+        return generate(self, tokens, max_new_tokens, **kwargs)
