@@ -15,7 +15,7 @@ from . import kernels
 __all__ = ["add_parser", "SUITES"]
 
 #: optional suites: module name -> imported if present, then ``add_suite(subparsers)`` is called
-SUITES = ("polyattn.bench.approx",)
+SUITES = ("polyattn.bench.approx", "polyattn.bench.decode")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

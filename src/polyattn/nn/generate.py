@@ -26,7 +26,7 @@ from .decode import layer_decode_plan
 if TYPE_CHECKING:
     from .transformer import PolyTransformer
 
-__all__ = ["generate"]
+__all__ = ["generate", "forward_tokens"]
 
 
 def _embed(model: PolyTransformer, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -40,13 +40,25 @@ def _embed(model: PolyTransformer, tokens: torch.Tensor, positions: torch.Tensor
     return h
 
 
-def _blocks(
+def forward_tokens(
     model: PolyTransformer,
-    h: torch.Tensor,
-    caches: list[DecodeCache] | None,
-    token_mask: torch.Tensor | None,
+    tokens: torch.Tensor,
+    *,
+    caches: list[DecodeCache] | None = None,
+    positions: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The blocks of :class:`PolyBlock` (pre-norm attention + MLP) with a cache and/or key padding."""
+    """Logits ``[B, k, classes]`` of ``tokens`` ``[B, k]``: the blocks of :class:`PolyBlock`
+    (pre-norm attention + MLP), optionally appending to one :class:`DecodeCache` per block.
+
+    ``positions`` ``[B, k]``: position-embedding indices (default ``len(cache) + arange(k)``, or
+    ``arange(k)`` without caches). ``token_mask`` ``[B, k]``: True = real token (key padding).
+    """
+    b, k = tokens.shape
+    if positions is None:
+        start = len(caches[0]) if caches else 0
+        positions = torch.arange(start, start + k, device=tokens.device).expand(b, k)
+    h = _embed(model, tokens, positions)
     for i, blk in enumerate(model.blocks):
         a = blk.norm1(h)
         if caches is None and token_mask is None:
@@ -130,16 +142,16 @@ def generate(
     for step in range(max_new_tokens):
         if caches is not None:
             if step == 0:
-                out = _blocks(model, _embed(model, tokens, positions), caches, tm)
+                out = forward_tokens(model, tokens, caches=caches, positions=positions, token_mask=tm)
                 logits = out[rows, last]
             else:
                 new_pos = (count - 1).unsqueeze(-1)
                 ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
-                out = _blocks(model, _embed(model, seq[:, -1:], new_pos), caches, ones)
+                out = forward_tokens(model, seq[:, -1:], caches=caches, positions=new_pos, token_mask=ones)
                 logits = out[:, -1]
         else:
             pos = (mask.long().cumsum(-1) - 1).clamp_(min=0)
-            out = _blocks(model, _embed(model, seq, pos), None, mask if padded else None)
+            out = forward_tokens(model, seq, positions=pos, token_mask=mask if padded else None)
             logits = out[rows, last] if step == 0 else out[:, -1]
         nxt = _sample(logits, temperature, generator)
         logits_all.append(logits)

@@ -31,7 +31,7 @@ from ..planning.decode import DecodePlan
 from .edge import edge_attention
 from .inputs import Problem
 
-__all__ = ["MessageStore", "prefill_messages", "extend_messages", "finish_root"]
+__all__ = ["MessageStore", "prefill_messages", "extend_messages", "finish_root", "row_edge"]
 
 
 class MessageStore(Protocol):
@@ -132,11 +132,42 @@ def extend_messages(
             key = torch.zeros((), dtype=q1.dtype, device=q1.device).expand(*q1.shape[:-2], n, 1)
             if lz is None:  # a zero bias gives the zero edge's logits their batch dims
                 lz = torch.zeros((), dtype=q1.dtype, device=q1.device).expand(*q1.shape[:-2], n)
-        out, lse = edge_attention(
-            edge, q_new[u] if var.key else None, key, message, lz,
-            mask=allowed, scale=scale, n_parent=k,
-        )
+        if plan.row_kernel(k, allowed is not None):
+            out, lse = row_edge(q_new[u] if var.key else None, key, message, lz, scale=scale)
+        else:
+            out, lse = edge_attention(
+                edge, q_new[u] if var.key else None, key, message, lz,
+                mask=allowed, scale=scale, n_parent=k,
+            )
         logz[u] = lse if u not in logz else logz[u] + lse
         if out is not None:
             msg[u] = out if u not in msg else msg[u] * out
     return finish_root(msg.get(1), logz.get(1), tuple(q1.shape[:-1]), q1)
+
+
+def row_edge(
+    q_u: torch.Tensor | None,
+    key: torch.Tensor,
+    message: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    scale: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One unconstrained new row over ``n`` cached rows: ``(softmax(L) @ message, logsumexp(L))``
+    with ``L = scale * q_u key^T + bias`` (``[..., 1, n]``); ``q_u is None`` means ``L = bias``.
+
+    Only for rows that cannot be empty (no mask; every bias finite, which holds for an unpadded
+    cache: a position always admits itself), so no guard against ``-inf`` is needed and autograd
+    stays NaN-free. Five ops, ``O(n (d + dv))``.
+    """
+    if q_u is not None:
+        logits = torch.matmul(q_u, key.transpose(-1, -2))
+        logits = logits * scale if bias is None else torch.add(bias.unsqueeze(-2), logits, alpha=scale)
+    else:
+        assert bias is not None
+        logits = bias.unsqueeze(-2)
+    lse = torch.logsumexp(logits, dim=-1)
+    out = None
+    if message is not None:
+        out = torch.matmul(torch.exp(logits - lse.unsqueeze(-1)), message)
+    return out, lse

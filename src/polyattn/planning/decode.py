@@ -175,6 +175,12 @@ class DecodePlan:
             for v in self.vars
         )
 
+    @staticmethod
+    def row_kernel(new_rows: int, constrained: bool) -> bool:
+        """Whether a call runs the single-row kernel (one new token, no mask: no row can be empty,
+        so the log-sum-exp needs no guard) instead of the masked, chunked materialised edge."""
+        return new_rows == 1 and not constrained
+
     def step_flops(self, n: int, head_dim: int, value_dim: int) -> float:
         """FLOPs of one new token per batch entry and head with ``n`` cached positions."""
         f = 0.0
