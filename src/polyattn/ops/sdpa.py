@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..planning import Plan
+from ..planning import Plan, SdpaDetail
 from . import trace
 from .inputs import Problem
 
@@ -19,13 +19,15 @@ def sdpa_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     trace.emit("sdpa")
     if v is None:
         v = torch.ones((), dtype=prob.dtype, device=prob.device).expand(*k.shape[:-1], 1)
-    mask = prob.pair_mask(1, 2)
+    detail = plan.detail
+    assert isinstance(detail, SdpaDetail)
+    mask = prob.pair_mask(1, 2) if detail.masked else None
     shape = prob.batch_shape
     q = q.expand(*shape, *q.shape[-2:])
     k = k.expand(*shape, *k.shape[-2:])
     v = v.expand(*shape, *v.shape[-2:])
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=prob.scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=detail.is_causal, scale=prob.scale)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=prob.scale)
     # A row that may attend to nothing is 0 by contract (SDPA versions differ: NaN or 0).
     ok = mask.any(-1, keepdim=True)
