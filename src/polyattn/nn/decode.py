@@ -22,6 +22,7 @@ says which and why); cross-attention contexts and pair masks cannot be combined 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -48,18 +49,31 @@ def _plan(p: AttentionPolynomial, causal: str | bool, has_values: tuple[bool, ..
     return plan_decode(p, causal, has_values=has_values, root_values=root)
 
 
-def layer_decode_plan(layer: PolyAttention) -> DecodePlan:
-    """The :class:`DecodePlan` of ``layer`` (raises, saying why, when it cannot be cached)."""
+#: per layer: (the attributes the plan depends on, its DecodePlan, its signature string); saves
+#: re-hashing the polynomial and re-formatting the signature on every decoded token
+_LAYER_INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_info(layer: PolyAttention) -> tuple[DecodePlan, str]:
+    key = (id(layer.polynomial), layer.causal, layer.valueless, tuple(layer._root_vars), layer.heads,
+           layer.dim_head, layer.value_dim_head)
+    hit = _LAYER_INFO.get(layer)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
     hv = tuple(j in layer._value_vars for j in range(2, layer.t + 1))
-    return _plan(layer.polynomial, normalize_causal(layer.causal), hv, tuple(layer._root_vars))
-
-
-def _signature(layer: PolyAttention) -> str:
-    return (
+    plan = _plan(layer.polynomial, normalize_causal(layer.causal), hv, tuple(layer._root_vars))
+    sig = (
         f"'{layer.polynomial}', causal={normalize_causal(layer.causal)!r}, heads={layer.heads}, "
         f"dim_head={layer.dim_head}, value_dim_head={layer.value_dim_head}, "
         f"valueless={list(layer.valueless)}, root={list(layer._root_vars)}"
     )
+    _LAYER_INFO[layer] = (key, plan, sig)
+    return plan, sig
+
+
+def layer_decode_plan(layer: PolyAttention) -> DecodePlan:
+    """The :class:`DecodePlan` of ``layer`` (raises, saying why, when it cannot be cached)."""
+    return _layer_info(layer)[0]
 
 
 def key_padding_masks(
@@ -131,12 +145,12 @@ def attention_step(
             f"the DecodeCache runs exact tree message passing; this layer asks for method="
             f"{layer.method!r}, which it does not reproduce. Use method='auto' or 'tree' for decoding"
         )
-    plan = layer_decode_plan(layer)
+    plan, signature = _layer_info(layer)
     tm = _check_token_mask(token_mask, b, k, x.device)
-    cache.bind(_signature(layer), b)
+    cache.bind(signature, b)
     dtype = compute_dtype_for(x.dtype)
-    q = {j: layer._split(lin(x), layer.dim_head).to(dtype) for j, lin in enumerate(layer.to_q, 1)}
-    v = {j: layer._split(lin(x), layer.value_dim_head).to(dtype) for j, lin in zip(layer._value_vars, layer.to_v)}
+    q = {j: _as(layer._split(lin(x), layer.dim_head), dtype) for j, lin in enumerate(layer.to_q, 1)}
+    v = {j: _as(layer._split(lin(x), layer.value_dim_head), dtype) for j, lin in zip(layer._value_vars, layer.to_v)}
     root = [v[j] for j in plan.root_values]
     v_kernel = {j: (v.get(j) if j not in plan.root_values else None) for j in range(2, layer.t + 1)}
     old = cache.length
@@ -159,9 +173,13 @@ def attention_step(
         raise
     for vr in root:  # root placement: the value at the query position, outside the sum
         out = out * vr
-    out = out.to(x.dtype)
+    out = _as(out, x.dtype)
     out = out.transpose(1, 2).reshape(b, k, layer.heads * layer.value_dim_head)
     return layer.dropout(layer.to_out(out))
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _scale(layer: PolyAttention) -> float:

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["generate", "forward_tokens"]
 
 
-def _embed(model: PolyTransformer, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _embed(model: PolyTransformer, tokens: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     h = model.embeds[0](tokens)
     if model.pos is not None:
+        assert positions is not None
         if int(positions.max()) >= model.pos.num_embeddings:
             raise PolyAttentionError(
                 f"generation reaches position {int(positions.max())}, beyond max_len={model.pos.num_embeddings}"
@@ -55,7 +56,7 @@ def forward_tokens(
     ``arange(k)`` without caches). ``token_mask`` ``[B, k]``: True = real token (key padding).
     """
     b, k = tokens.shape
-    if positions is None:
+    if positions is None and model.pos is not None:
         start = len(caches[0]) if caches else 0
         positions = torch.arange(start, start + k, device=tokens.device).expand(b, k)
     h = _embed(model, tokens, positions)

@@ -25,13 +25,14 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..planning import Plan, TreeDetail
 from ..planning.decode import DecodePlan
 from .edge import edge_attention
 from .inputs import Problem
 
-__all__ = ["MessageStore", "prefill_messages", "extend_messages", "finish_root", "row_edge"]
+__all__ = ["MessageStore", "prefill_messages", "extend_messages", "finish_root", "row_edge", "root_row"]
 
 
 class MessageStore(Protocol):
@@ -116,6 +117,7 @@ def extend_messages(
     q1 = q_new[1]
     k, n = q1.shape[-2], store.length
     edges = plan.edges(k, n)
+    row = plan.row_kernel(k, allowed is not None)
     logz: dict[int, torch.Tensor] = {}
     msg: dict[int, torch.Tensor] = {}
     for var, edge in zip(plan.vars, edges):
@@ -132,7 +134,14 @@ def extend_messages(
             key = torch.zeros((), dtype=q1.dtype, device=q1.device).expand(*q1.shape[:-2], n, 1)
             if lz is None:  # a zero bias gives the zero edge's logits their batch dims
                 lz = torch.zeros((), dtype=q1.dtype, device=q1.device).expand(*q1.shape[:-2], n)
-        if plan.row_kernel(k, allowed is not None):
+        if row and u == 1:
+            # x1's log-mass only flags empty rows, which an unconstrained row cannot have: the
+            # root edge needs its output alone, one fused SDPA call (nothing at all without values)
+            if message is not None:
+                out = root_row(q_new[1] if var.key else None, key, message, lz, scale=scale)
+                msg[1] = out if 1 not in msg else msg[1] * out
+            continue
+        if row:
             out, lse = row_edge(q_new[u] if var.key else None, key, message, lz, scale=scale)
         else:
             out, lse = edge_attention(
@@ -142,7 +151,7 @@ def extend_messages(
         logz[u] = lse if u not in logz else logz[u] + lse
         if out is not None:
             msg[u] = out if u not in msg else msg[u] * out
-    return finish_root(msg.get(1), logz.get(1), tuple(q1.shape[:-1]), q1)
+    return finish_root(msg.get(1), None if row else logz.get(1), tuple(q1.shape[:-1]), q1)
 
 
 def row_edge(
@@ -171,3 +180,20 @@ def row_edge(
     if message is not None:
         out = torch.matmul(torch.exp(logits - lse.unsqueeze(-1)), message)
     return out, lse
+
+
+def root_row(
+    q_1: torch.Tensor | None,
+    key: torch.Tensor,
+    message: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """``softmax(scale * q_1 key^T + bias) @ message`` for one unconstrained query row, without its
+    log-sum-exp: one fused ``scaled_dot_product_attention`` call (the bias as an additive mask)."""
+    if q_1 is None:
+        assert bias is not None
+        return torch.matmul(torch.softmax(bias, dim=-1).unsqueeze(-2), message)
+    mask = None if bias is None else bias.unsqueeze(-2).to(q_1.dtype)
+    return F.scaled_dot_product_attention(q_1, key, message, attn_mask=mask, scale=scale)
