@@ -124,7 +124,7 @@ def test_padded_batch(poly: str, side: str) -> None:
         for prefill in (1, 4, n):
             inc = _decode(layer, x, prefill, token_mask=valid)
             torch.testing.assert_close(inc, full, **TOL)
-        for i, (xi, L) in enumerate(zip(xs, lens)):
+        for i, xi in enumerate(xs):
             alone = layer(xi)[0]
             torch.testing.assert_close(inc[i][valid[i]], alone, **TOL)
     # token_mask without a cache is the same full forward
@@ -295,3 +295,17 @@ def test_generate_sampling_and_errors() -> None:
         PolyTransformer([13, 4], 13, dim=16, causal="tree").generate(tok, 1)
     with pytest.raises(PolyAttentionError, match="at least one real token"):
         model.generate(tok, 1, token_mask=torch.tensor([[True] * 4, [False] * 4]))
+
+
+def test_causal_self_attention_plans_sdpa_is_causal() -> None:
+    """x1*x2 under causality runs SDPA's fused is_causal (no n x n mask) unless a pair mask is given."""
+    q = torch.randn(2, 6, 4, dtype=F64)
+    pl = polyattn.plan_for("x1*x2", [q, q], [q], causal="tree")
+    assert pl.detail.is_causal and not pl.detail.masked
+    m = {(1, 2): torch.rand(6, 6, generator=torch.Generator().manual_seed(0)) > 0.2}
+    pm = polyattn.plan_for("x1*x2", [q, q], [q], causal=True, mask=m)
+    assert pm.detail.masked and not pm.detail.is_causal
+    for mask in (None, m):
+        out = polyattn.poly_attention("x1*x2", [q, q], [q], causal=True, mask=mask)
+        ref = polyattn.poly_attention("x1*x2", [q, q], [q], causal=True, mask=mask, method="reference")
+        torch.testing.assert_close(out, ref, **TOL)

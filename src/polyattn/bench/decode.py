@@ -24,12 +24,12 @@ import argparse
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..atomicio import atomic_save_figure
-from ..nn import DecodeCache, PolyTransformer
+from ..nn import DecodeCache, PolyBlock, PolyTransformer
 from ..nn.generate import forward_tokens
 from ..timing import median
 from .measure import write_json_atomic
@@ -67,7 +67,7 @@ class SdpaKVCache:
         m = self.m
         b, k = tokens.shape
         h = m.embeds[0](tokens)
-        for i, blk in enumerate(m.blocks):
+        for i, blk in enumerate(cast("list[PolyBlock]", m.blocks)):
             att = blk.attn
             a = blk.norm1(h)
             q = self._split(att.to_q[0](a), att.heads)
@@ -123,7 +123,7 @@ def run_decode_bench(cfg: dict[str, Any], log=print) -> dict[str, Any]:
         cached: dict[str, list[float]] = {p: [] for p in models}
         kv_rates: list[float] = []
         kv_diff = 0.0
-        for r in range(cfg["rounds"]):
+        for _ in range(cfg["rounds"]):
             for p, m in models.items():
                 tok = nxt[p]
                 t0 = time.perf_counter()

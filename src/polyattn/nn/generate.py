@@ -15,7 +15,7 @@ sample's last real token. Left padding (real tokens flush right) is the usual la
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -24,7 +24,7 @@ from .cache import DecodeCache
 from .decode import layer_decode_plan
 
 if TYPE_CHECKING:
-    from .transformer import PolyTransformer
+    from .transformer import PolyBlock, PolyTransformer
 
 __all__ = ["generate", "forward_tokens"]
 
@@ -60,7 +60,7 @@ def forward_tokens(
         start = len(caches[0]) if caches else 0
         positions = torch.arange(start, start + k, device=tokens.device).expand(b, k)
     h = _embed(model, tokens, positions)
-    for i, blk in enumerate(model.blocks):
+    for i, blk in enumerate(cast("list[PolyBlock]", model.blocks)):
         a = blk.norm1(h)
         if caches is None and token_mask is None:
             h = h + blk.attn(a)
@@ -129,7 +129,7 @@ def generate(
     if n == 0 or not bool(tm.any(-1).all()):
         raise PolyAttentionError("every prompt needs at least one real token (token_mask True somewhere in each row)")
     if use_cache:
-        for blk in model.blocks:
+        for blk in cast("list[PolyBlock]", model.blocks):
             layer_decode_plan(blk.attn)  # raises, saying why, for a layer that cannot be cached
     padded = not bool(tm.all())
     positions = (tm.long().cumsum(-1) - 1).clamp_(min=0)

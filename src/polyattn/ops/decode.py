@@ -138,8 +138,8 @@ def extend_messages(
             # x1's log-mass only flags empty rows, which an unconstrained row cannot have: the
             # root edge needs its output alone, one fused SDPA call (nothing at all without values)
             if message is not None:
-                out = root_row(q_new[1] if var.key else None, key, message, lz, scale=scale)
-                msg[1] = out if 1 not in msg else msg[1] * out
+                r1 = root_row(q_new[1] if var.key else None, key, message, lz, scale=scale)
+                msg[1] = r1 if 1 not in msg else msg[1] * r1
             continue
         if row:
             out, lse = row_edge(q_new[u] if var.key else None, key, message, lz, scale=scale)
