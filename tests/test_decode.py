@@ -12,6 +12,8 @@ import io
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import polyattn
 from polyattn import DecodeCache, PolyAttentionError
@@ -86,7 +88,7 @@ def test_prefix_causal_star_is_cached_like_tree(poly: str) -> None:
         torch.testing.assert_close(_decode(layer, x, 3), layer(x), **TOL)
 
 
-def _pad_mask_dict(poly: str, valid: torch.Tensor) -> dict:
+def _pad_mask_dict(poly, valid: torch.Tensor) -> dict:
     """Independent of polyattn.nn.decode: forbid a pad slot for every non-query variable."""
     p = polyattn.parse(poly)
     n = valid.shape[1]
@@ -309,3 +311,34 @@ def test_causal_self_attention_plans_sdpa_is_causal() -> None:
         out = polyattn.poly_attention("x1*x2", [q, q], [q], causal=True, mask=mask)
         ref = polyattn.poly_attention("x1*x2", [q, q], [q], causal=True, mask=mask, method="reference")
         torch.testing.assert_close(out, ref, **TOL)
+
+
+@settings(max_examples=8)
+@given(
+    parents=st.lists(st.integers(0, 100), min_size=1, max_size=5),
+    edges_off=st.lists(st.booleans(), min_size=5, max_size=5),
+    valueless=st.lists(st.booleans(), min_size=6, max_size=6),
+    prefill=st.integers(0, 6),
+    pad=st.lists(st.integers(0, 3), min_size=2, max_size=2),
+    seed=st.integers(0, 2**16),
+)
+def test_random_forests_decode_like_the_full_forward(parents, edges_off, valueless, prefill, pad, seed) -> None:
+    """Random forests (some parent links dropped: other components hang under x1 by zero edges;
+    a variable may be in no monomial), random value-less variables, prefill and left padding."""
+    t = len(parents) + 1
+    monos = [(v, p % (v - 1) + 1) for v, p in zip(range(2, t + 1), parents) if not edges_off[v - 2]]
+    monos = [(min(a, b), max(a, b)) for a, b in monos] or [(1, 2)]
+    p = polyattn.AttentionPolynomial(monos, num_variables=t)
+    vl = [j for j in range(2, t + 1) if valueless[j - 2]][: t - 2]
+    torch.manual_seed(seed)
+    layer = PolyAttention(8, p, heads=2, causal="tree", valueless=vl).double()
+    n = 8
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, n, 8, dtype=F64, generator=g)
+    valid = torch.ones(2, n, dtype=torch.bool)
+    for b, k in enumerate(pad):
+        valid[b, :k] = False
+    full = layer(x, mask=_pad_mask_dict(p, valid))
+    with torch.no_grad():
+        inc = _decode(layer, x, min(prefill, n), token_mask=valid)
+    torch.testing.assert_close(inc, full.detach(), **TOL)
