@@ -15,6 +15,10 @@ Two entry points, both executing plans made elsewhere:
       M_u[P + i]    *= softmax_j(L[i]) @ M_c
 
   Cost per edge ``O(k * n * (d + dv))`` with ``n = P + k`` cached rows: ``O(n * d)`` per new token.
+  Masked or multi-row calls run the planned materialised edge of :mod:`polyattn.ops.edge` (an
+  explicit mask carries causality and padding); one unpadded new token runs :func:`row_edge`
+  (no empty row is possible, so no guards) and, for the edges into x1, :func:`root_row` (one fused
+  SDPA call: x1's own log-mass is not needed).
 
 Messages of positions ``<= l`` never depend on later tokens under tree causality
 (:mod:`polyattn.planning.decode`), which is what makes the store append-only.
