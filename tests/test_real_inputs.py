@@ -208,13 +208,13 @@ def test_padded_batch_matches_unpadded_sequences():
             tok = torch.randint(0, 7, (2, 6))
             keep = torch.ones(2, 6, dtype=torch.bool)
             keep[0, 4:] = False
-            out = m(tok, key_padding_mask=keep)
+            out = m(tok, token_mask=keep)
             a, b = m(tok[:1, :4]), m(tok[1:])
             got_a = out[0] if readout == "last" else out[0, :4]
             torch.testing.assert_close(got_a, a[0], rtol=0, atol=1e-12)
             torch.testing.assert_close(out[1], b[0], rtol=0, atol=1e-12)
-    with pytest.raises(PolyAttentionError, match="key_padding_mask must be bool"):
-        m(tok, key_padding_mask=keep[:, :3])
+    with pytest.raises(PolyAttentionError, match="token_mask must be bool"):
+        m(tok, token_mask=keep[:, :3])
 
 
 # --------------------------------------------------------------------------------- approximation

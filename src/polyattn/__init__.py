@@ -11,8 +11,9 @@ import sys as _sys
 
 from .errors import MethodError, PolyAttentionError, PolynomialSyntaxError, ReferenceSizeError
 from .functional import key_padding_masks, plan_for, poly_attention
-from .nn import PolyAttention, PolyTransformer
+from .nn import DecodeCache, PolyAttention, PolyTransformer
 from .planning import Plan, plan
+from .planning.decode import decode_support
 from .polynomial import AttentionPolynomial, parse
 from .theory import analyze, constructions
 
@@ -23,6 +24,7 @@ _sys.modules.setdefault(__name__ + ".constructions", constructions)
 
 __all__ = [
     "AttentionPolynomial",
+    "DecodeCache",
     "MethodError",
     "Plan",
     "PolyAttention",
@@ -32,6 +34,7 @@ __all__ = [
     "ReferenceSizeError",
     "analyze",
     "constructions",
+    "decode_support",
     "key_padding_masks",
     "parse",
     "plan",

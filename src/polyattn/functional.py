@@ -17,6 +17,7 @@ import torch
 from .errors import PolyAttentionError
 from .ops import Problem, prepare, run
 from .ops.approx import approx_hook
+from .ops.placement import apply_root_values, split_root_values
 from .planning import DEFAULT_MEMORY_BUDGET, Method, Plan, make_plan, parse_request
 from .planning.structure_ext import padding_partners
 from .polynomial import AttentionPolynomial, parse
@@ -45,9 +46,11 @@ def plan_for(
     mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
     method: str = "auto",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    value_placement: object = "own",
     **options: object,
 ) -> Plan:
     """The :class:`Plan` that :func:`poly_attention` would run for these tensors (same ``**options``)."""
+    values, _ = split_root_values(polynomial, queries, values, value_placement)
     prob = prepare(polynomial, queries, values, scale=scale, causal=causal, mask=mask)
     return _refine(prob, make_plan(prob.spec, method, int(memory_budget)), options)
 
@@ -77,6 +80,7 @@ def poly_attention(
     mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
     method: str = "auto",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    value_placement: object = "own",
     **options: object,
 ) -> torch.Tensor:
     r"""Poly-attention of ``polynomial`` (DESIGN §1.2).
@@ -106,10 +110,19 @@ def poly_attention(
             a-priori error bound (``tolerance=``, ``rtol=``, ``degree=``, ``basis=``,
             ``max_rank=``, ``allow_slower=``; see docs/approximation.md).
         memory_budget: working-memory target in bytes; chunk sizes are chosen to stay under it.
+        value_placement: ``"own"`` (default: the formula above), ``"root"`` (the authors' released
+            code: the value of every neighbour of x1 that has children of its own, e.g. x2 in
+            ``x1*x2 + x2*x3``, is multiplied at the query position, outside the sum:
+            ``out[l1] = V_2[l1] * sum w V_3[l3]``) or ``{j: "own" | "root"}``. Exact for every
+            method; defined only when a root-placed variable ranges over the query's tokens
+            (``n_j == n_1``) and carries a value. See :mod:`polyattn.planning.placement`.
 
     Leading dims broadcast like SDPA. float16/bfloat16 accumulate in float32 and return the input
     dtype. A query row with no admissible tuple returns zeros. Returns ``[..., n_1, dv]``.
     """
+    values, root_values = split_root_values(
+        polynomial.spec.polynomial if isinstance(polynomial, Plan) else polynomial, queries, values, value_placement
+    )
     if isinstance(polynomial, Plan):
         pl = polynomial
         if method != "auto" and parse_request(method)[1] not in (pl.requested, str(pl.method)):
@@ -128,7 +141,7 @@ def poly_attention(
         pl = make_plan(prob.spec, method, int(memory_budget))
     pl = _refine(prob, pl, options)
     out = run(prob, pl)
-    return out.to(prob.out_dtype)
+    return apply_root_values(out, root_values, prob.out_dtype)
 
 
 def key_padding_masks(

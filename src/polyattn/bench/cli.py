@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import approx, kernels
+from . import approx, decode, kernels
 
 __all__ = ["add_parser", "SUITES"]
 
 #: every suite: module with ``add_suite(subparsers)``
-SUITES = (kernels, approx)
+SUITES = (kernels, approx, decode)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -26,7 +26,10 @@ from torch import nn
 from ..errors import PolyAttentionError
 from ..functional import key_padding_masks, poly_attention
 from ..planning import plan
+from ..planning.placement import check_layer_placement, root_placed_variables
 from ..polynomial import AttentionPolynomial, parse
+from .cache import DecodeCache
+from .decode import attention_step
 
 __all__ = ["PolyAttention"]
 
@@ -63,6 +66,11 @@ class PolyAttention(nn.Module):
         valueless: non-query variables declared value-less (their value is the all-ones vector,
             DESIGN §1.2), e.g. ``(2,)`` for ``x1*x2 + x2*x3`` so that only the leaf ``x3`` carries
             a value; they get no value projection.
+        value_placement: ``"own"`` (the paper's formula), ``"root"`` (the authors' released code:
+            x1's internal neighbours' values, e.g. x2's in ``x1*x2 + x2*x3``, are multiplied at the
+            query position) or ``{j: "own" | "root"}``; see :func:`polyattn.poly_attention`. A
+            root-placed variable must carry a value; its value is projected from the query's input
+            ``x`` (read at the query position), its query row from its context (default ``x``).
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class PolyAttention(nn.Module):
         scale: float | None = None,
         method: str = "auto",
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         if dim < 1 or heads < 1:
@@ -113,6 +122,8 @@ class PolyAttention(nn.Module):
         if len(self.valueless) == self.t - 1:
             raise PolyAttentionError("at least one variable must carry a value; remove one from valueless")
         self._value_vars = [j for j in range(2, self.t + 1) if j not in self.valueless]
+        self.value_placement = check_layer_placement(self.polynomial, value_placement, self.valueless)
+        self._root_vars = root_placed_variables(self.polynomial, self.value_placement)
         inner_q = heads * dim_head
         inner_v = heads * self.value_dim_head
         # to_q[j-1] projects x_j; to_v[i] projects the i-th value-carrying variable (j >= 2)
@@ -130,6 +141,7 @@ class PolyAttention(nn.Module):
             f"polynomial='{self.polynomial}', dim={self.dim}, heads={self.heads}, "
             f"dim_head={self.dim_head}, causal={self.causal!r}, method={self.method!r}"
             + (f", valueless={list(self.valueless)}" if self.valueless else "")
+            + (f", value_placement={self.value_placement!r}" if self.value_placement != "own" else "")
         )
 
     def _split(self, y: torch.Tensor, width: int) -> torch.Tensor:
@@ -141,17 +153,25 @@ class PolyAttention(nn.Module):
         x: torch.Tensor,
         contexts: Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None] | None = None,
         mask: Mapping[tuple[int, int], torch.Tensor] | None = None,
-        key_padding_mask: torch.Tensor | None = None,
+        *,
+        cache: DecodeCache | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: ``[B, N, dim]`` → ``[B, N, dim]``.
 
         ``contexts`` gives cross-attention inputs per variable, either ``{j: [B, n_j, dim_j]}``
         (1-based) or a length-``t`` sequence whose ``None`` entries mean ``x``. ``mask`` is a
         pair-mask dict as in :func:`polyattn.poly_attention` (True = allowed).
-        ``key_padding_mask``: ``[B, n]`` bool, True = real token, over the token set of the non-query
+        ``token_mask``: ``[B, n]`` bool, True = real token, over the token set of the non-query
         variables (all of length ``n``); padded positions enter no tuple
         (:func:`polyattn.key_padding_masks`: one row-broadcast mask per variable, trees stay trees).
+
+        Incremental decoding (causal tree-attention, :mod:`polyattn.nn.decode`): with
+        ``cache=DecodeCache()`` the call appends ``x``'s positions to the cache and returns their
+        outputs, equal to those rows of the full causal forward (``token_mask`` marks padding there too).
         """
+        if cache is not None:
+            return attention_step(self, x, cache, token_mask=token_mask, contexts=contexts, mask=mask)
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise PolyAttentionError(
                 f"x must be [batch, seq, dim={self.dim}], got shape {tuple(x.shape)}"
@@ -180,16 +200,20 @@ class PolyAttention(nn.Module):
                 ctx[j] = c
         inputs = [ctx.get(j, x) for j in range(1, self.t + 1)]
         queries = [self._split(self.to_q[j](inp), self.dim_head) for j, inp in enumerate(inputs)]
-        proj = {j: self._split(lin(inputs[j - 1]), self.value_dim_head) for j, lin in zip(self._value_vars, self.to_v)}
+        # a root-placed value is read at the query position: projected from x1's input
+        src = {j: inputs[0] if j in self._root_vars else inputs[j - 1] for j in self._value_vars}
+        proj = {j: self._split(lin(src[j]), self.value_dim_head) for j, lin in zip(self._value_vars, self.to_v)}
         values = [proj.get(j) for j in range(2, self.t + 1)]
-        if key_padding_mask is not None:
+        if token_mask is not None:
             lens = {inputs[j - 1].shape[1] for j in range(2, self.t + 1)}
-            if key_padding_mask.dim() != 2 or lens != {key_padding_mask.shape[-1]} or key_padding_mask.shape[0] != x.shape[0]:
+            if (not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool or token_mask.dim() != 2
+                    or lens != {token_mask.shape[-1]} or token_mask.shape[0] != x.shape[0]):
                 raise PolyAttentionError(
-                    f"key_padding_mask must be bool [batch={x.shape[0]}, n] with n the length of the "
-                    f"non-query variables' tokens ({sorted(lens)}), got shape {tuple(key_padding_mask.shape)}"
+                    f"token_mask must be a bool tensor [batch={x.shape[0]}, n] (True = real token) with n the "
+                    f"length of the non-query variables' tokens ({sorted(lens)}), got "
+                    f"{getattr(token_mask, 'dtype', type(token_mask).__name__)} {list(getattr(token_mask, 'shape', []))}"
                 )
-            pad = key_padding_masks(self.polynomial, key_padding_mask, lengths=[inp.shape[1] for inp in inputs])
+            pad = key_padding_masks(self.polynomial, token_mask, lengths=[inp.shape[1] for inp in inputs])
             merged = dict(mask or {})
             for k, m in pad.items():
                 merged[k] = merged[k] & m if k in merged else m
@@ -202,6 +226,7 @@ class PolyAttention(nn.Module):
             causal=self.causal,
             mask=mask,
             method=self.method,
+            value_placement=self.value_placement,
         )  # [B, H, n_1, d_v]
         b, _, n1, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n1, self.heads * self.value_dim_head)

@@ -16,7 +16,8 @@ summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from ..errors import PolyAttentionError
 from ..polynomial import AttentionPolynomial
 from .attention import PolyAttention
+from .generate import generate
 
 __all__ = ["PolyTransformer", "PolyBlock"]
 
@@ -43,12 +45,13 @@ class PolyBlock(nn.Module):
         dropout: float,
         method: str,
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = PolyAttention(
             dim, polynomial, heads=heads, dim_head=dim_head, causal=causal, dropout=dropout, method=method,
-            valueless=valueless,
+            valueless=valueless, value_placement=value_placement,
         )
         self.norm2 = nn.LayerNorm(dim)
         hidden = max(1, int(round(dim * mlp_ratio)))
@@ -62,7 +65,7 @@ class PolyBlock(nn.Module):
         self,
         x: torch.Tensor,
         last_only: bool = False,
-        key_padding_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, N, dim]`` → ``[B, N, dim]``, or ``[B, 1, dim]`` (one position) if ``last_only``.
@@ -70,7 +73,7 @@ class PolyBlock(nn.Module):
         ``last_only`` evaluates the attention for one query row only (x1 = that position, the
         other variables range over the whole sequence): the same numbers for that row, at ``1/N`` of
         the attention cost (``n^2`` instead of ``n^3`` for a cubic polynomial). The row is the last
-        one, or ``last_index[b]`` per batch entry. ``key_padding_mask`` ``[B, N]`` (True = real
+        one, or ``last_index[b]`` per batch entry. ``token_mask`` ``[B, N]`` (True = real
         token) keeps padded positions out of every tuple.
         """
         h = self.norm1(x)
@@ -81,9 +84,9 @@ class PolyBlock(nn.Module):
             else:
                 sel = last_index.view(-1, 1, 1).expand(-1, 1, x.shape[-1])
                 rows_x, rows_h = x.gather(1, sel), h.gather(1, sel)
-            x = rows_x + self.attn(rows_h, contexts=ctx, key_padding_mask=key_padding_mask)
+            x = rows_x + self.attn(rows_h, contexts=ctx, token_mask=token_mask)
         else:
-            x = x + self.attn(h, key_padding_mask=key_padding_mask)
+            x = x + self.attn(h, token_mask=token_mask)
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         return x
@@ -103,7 +106,7 @@ class PolyTransformer(nn.Module):
         max_len: if given, adds a learned position embedding for sequences up to this length.
         readout: ``"last"`` (logits of the last position, ``[B, classes]``) or ``"all"``
             (per-position logits, ``[B, N, classes]``).
-        causal, dropout, method, valueless: passed to every :class:`PolyAttention`.
+        causal, dropout, method, valueless, value_placement: passed to every :class:`PolyAttention`.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class PolyTransformer(nn.Module):
         dropout: float = 0.0,
         method: str = "auto",
         valueless: Sequence[int] = (),
+        value_placement: str | Mapping[int, str] = "own",
     ) -> None:
         super().__init__()
         if readout not in ("last", "all"):
@@ -156,16 +160,17 @@ class PolyTransformer(nn.Module):
                 dropout=dropout,
                 method=method,
                 valueless=valueless,
+                value_placement=value_placement,
             )
             for p in polys
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``).
 
-        ``key_padding_mask``: ``[B, N]`` bool, True = real token (right padding): padded positions
+        ``token_mask``: ``[B, N]`` bool, True = real token (right padding): padded positions
         enter no attention tuple, and ``readout="last"`` reads each sequence's last real token.
         """
         if tokens.dim() == 2:
@@ -187,17 +192,17 @@ class PolyTransformer(nn.Module):
         # causality, whose masks are defined on aligned positions).
         last_only = self.readout == "last" and not self.causal
         last_index = None
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != tokens.shape[:2] or key_padding_mask.dtype != torch.bool:
+        if token_mask is not None:
+            if token_mask.shape != tokens.shape[:2] or token_mask.dtype != torch.bool:
                 raise PolyAttentionError(
-                    f"key_padding_mask must be bool [batch, seq] = {list(tokens.shape[:2])} (True = real "
-                    f"token), got {key_padding_mask.dtype} {list(key_padding_mask.shape)}"
+                    f"token_mask must be bool [batch, seq] = {list(tokens.shape[:2])} (True = real "
+                    f"token), got {token_mask.dtype} {list(token_mask.shape)}"
                 )
             # right padding: the last real token of each sequence (position 0 if all padded)
-            last_index = (key_padding_mask.long().sum(1) - 1).clamp_(min=0)
+            last_index = (token_mask.long().sum(1) - 1).clamp_(min=0)
         for i, blk in enumerate(self.blocks):
             final = last_only and i == len(self.blocks) - 1
-            h = blk(h, last_only=final, key_padding_mask=key_padding_mask,
+            h = blk(h, last_only=final, token_mask=token_mask,
                     last_index=last_index if final else None)
         h = self.norm(h)
         if self.readout == "last":
@@ -208,3 +213,11 @@ class PolyTransformer(nn.Module):
             else:
                 h = h[:, -1]
         return self.head(h)
+
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Autoregressive generation, with a :class:`~polyattn.DecodeCache` per block by default.
+
+        See :func:`polyattn.nn.generate.generate` (``token_mask=``, ``use_cache=``, ``temperature=``,
+        ``generator=``, ``return_logits=``).
+        """
+        return generate(self, tokens, max_new_tokens, **kwargs)

@@ -166,9 +166,12 @@ class EliminationDetail:
 
 @dataclass(frozen=True)
 class SdpaDetail:
-    """One ``scaled_dot_product_attention`` call; ``masked``: a boolean mask is passed."""
+    """One ``scaled_dot_product_attention`` call; ``masked``: a boolean mask is passed;
+    ``is_causal``: the only constraint is causality, passed as SDPA's ``is_causal`` (fused kernel,
+    no ``n x n`` mask; top-left aligned like the causal mask it replaces)."""
 
     masked: bool
+    is_causal: bool = False
 
 
 @dataclass(frozen=True)

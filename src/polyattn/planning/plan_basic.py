@@ -22,12 +22,13 @@ def plan_sdpa(spec: ProblemSpec, budget: int) -> Plan:
             "Use method='auto' to let the planner choose"
         )
     n1, n2 = spec.seq_lens
-    masked = bool(spec.mask_pairs) or bool(spec.causal)
+    is_causal = bool(spec.causal) and not spec.mask_pairs
+    masked = bool(spec.mask_pairs) or bool(spec.causal) and not is_causal
     flops = 2.0 * n1 * n2 * (spec.head_dim + spec.value_dim) * spec.batch
     mem = (n1 * n2 if masked else 0) * spec.batch * 1.0 + n1 * spec.value_dim * spec.batch * spec.itemsize
     step = Step(StepKind.SDPA, 2, (1, 2), flops, mem, parent=1)
     return Plan(spec, Method.SDPA, "x1*x2 is standard softmax attention: one fused SDPA call",
-                (step,), flops, mem, 2, detail=SdpaDetail(masked=masked))
+                (step,), flops, mem, 2, detail=SdpaDetail(masked=masked, is_causal=is_causal))
 
 
 def plan_reference(spec: ProblemSpec, budget: int) -> Plan:

@@ -83,6 +83,7 @@ class MechanismConfig:
     heads: int | None = None
     dim: int | None = None
     valueless: list[int] | None = None  # value-less variables (see PolyAttention)
+    value_placement: str | None = None  # "own" (default, the paper's formula) or "root" (authors' code)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class TrainConfig:
                 heads=mc.heads or self.model.heads,
                 dim=mc.dim or self.model.dim,
                 valueless=list(self.model.valueless if mc.valueless is None else mc.valueless),
+                value_placement=mc.value_placement or "own",
             ))
         names = [m.name for m in out]
         if len(set(names)) != len(names):
@@ -146,6 +148,11 @@ class TrainConfig:
             raise ConfigError("seeds must list at least one seed, e.g. seeds = [0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        for mc in self.mechanisms:
+            if mc.value_placement not in (None, "own", "root"):
+                raise ConfigError(
+                    f"mechanism {mc.name!r}: value_placement must be 'own' or 'root', got {mc.value_placement!r}"
+                )
         self.resolved_mechanisms()
 
     def fingerprint(self) -> str:

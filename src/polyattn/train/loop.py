@@ -71,6 +71,7 @@ def build_model(cfg: TrainConfig, mech: MechanismConfig, task: Task) -> PolyTran
         dropout=m.dropout,
         method=m.method,
         valueless=list(m.valueless if mech.valueless is None else mech.valueless),
+        value_placement=mech.value_placement or "own",
     )
 
 
