@@ -63,12 +63,14 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def run_parts(fn: Callable[..., T], parts: Sequence[tuple[Any, ...]]) -> list[T]:
-    """``[fn(*p) for p in parts]``, the parts on worker threads when there are several.
+    """``[fn(*p) for p in parts]``, on the worker threads unless this thread has only one.
 
-    ``fn`` must be thread-safe on its part (disjoint outputs) and set its own grad mode: worker
-    threads start with autograd enabled.
+    A single part also goes to a worker: its many small ops then run single-threaded instead of
+    as parallel regions that each wait at a barrier (measured: ``x1*x2*x3`` at n = 48, b*h = 2,
+    under load: 0.10 s inline vs ~1 ms on a worker). ``fn`` must be thread-safe on its part
+    (disjoint outputs) and set its own grad mode: worker threads start with autograd enabled.
     """
-    if len(parts) <= 1:
+    if workers() <= 1:
         return [fn(*p) for p in parts]
     pool = _pool(workers())
     futures = [pool.submit(fn, *p) for p in parts]

@@ -48,7 +48,8 @@ FUSED_CHUNK_BYTES = 64 * 2**20
 #: over the block (GEMM write, max, exp2, sum, GEMM read) go to L3/DRAM.
 BLOCK_BYTES = 2 * 2**20
 #: Fewer logit rows than this per head and block make the GEMMs skinny and the per-block Python
-#: overhead visible (0.25 MB blocks at n = 512 above: 128 rows, -25%).
+#: overhead visible (0.25 MB blocks at n = 512 above: 128 rows per head, -25%); with several heads
+#: the block may then exceed BLOCK_BYTES, but the worker threads split it by heads.
 MIN_BLOCK_ROWS = 256
 #: From this many (batch x n1 x n2 x n3) tuples on, the row-wise kernels split their blocks over the
 #: intra-op threads as independent parts (:mod:`polyattn.ops.threads`); below, handing work to a
@@ -98,14 +99,14 @@ def _channels(spec: ProblemSpec) -> int:
 def _rowwise_blocks(spec: ProblemSpec, block_bytes: int) -> tuple[int, int]:
     """``(row_chunk, key_chunk)`` whose logits block ``batch * R * Bb * n3`` fits ``block_bytes``:
     whole x2 ranges while a query row fits (grouping query rows), else one query row and a slice of
-    x2 rows (at least ``MIN_BLOCK_ROWS // batch``, rounded to a multiple of 16 for the GEMMs)."""
+    x2 rows (at least ``MIN_BLOCK_ROWS`` per head, rounded to a multiple of 16 for the GEMMs)."""
     n1, n2, n3 = spec.seq_lens
     b, isz = spec.batch, spec.itemsize
     row = b * n2 * n3 * isz  # one query row against all of x2 and x3
     if row <= block_bytes:
         return max(1, min(n1, block_bytes // row)), n2
     per_key = b * n3 * isz
-    keys = max(block_bytes // per_key, -(-MIN_BLOCK_ROWS // b), 1)
+    keys = max(block_bytes // per_key, MIN_BLOCK_ROWS, 1)
     if keys >= 32:
         keys -= keys % 16
     return 1, min(n2, keys)
