@@ -24,7 +24,7 @@ Rows of x2 are combined with ``exp2(m[r,b] - M[r])`` and the ``V2`` product: O(n
     dL        = P * A                                           (gradient of the natural logits)
     dV3      += P^T @ (G[r] * V2[b]);   dV2[b] += sum_r G[r] * (P @ V3)[r,b]
     x1*x2*x3: dq1, dq2 from dL @ q3 (GEMM), dq3 += dL^T @ (q1[r] * q2[b]) (GEMM), times s
-    triangle: dF12 = sum_c dL, dF13 = sum_b dL, dF23 = sum_r dL, then dq = s * (dF @ q) (GEMMs)
+    triangle: the block's dF12 = sum_c dL, dF13 = sum_b dL, dF23 = sum_r dL, then dq += s * dF @ q
 
 Memory: two blocks plus O(n (d + dv)) (the triangle adds its n x n factors): the plan's
 ``fused_cost`` states the forward + backward peak. Double backward is refused
@@ -147,13 +147,8 @@ def _backward_part(q1, q2, q3, v2, v3, shift, g, rows, scale, rc, kc, triangle, 
     v3t = v3c.transpose(-1, -2) if v3c is not None else None  # [B, dv, n3]
     dv2 = torch.zeros_like(v2) if (v2 is not None and need[3]) else None
     dv3 = torch.zeros(B, n3, dv, dtype=q1.dtype, device=q1.device) if (v3 is not None and need[4]) else None
-    if triangle:
-        df12 = torch.zeros(B, n1, n2, dtype=q1.dtype, device=q1.device)
-        df13 = torch.zeros(B, n1, n3, dtype=q1.dtype, device=q1.device)
-        df23 = torch.zeros(B, n2, n3, dtype=q1.dtype, device=q1.device)
-    else:
-        dq1, dq2, dq3 = torch.zeros_like(q1), torch.zeros_like(q2), torch.zeros_like(q3)
-        q3c = q3.contiguous()
+    dq1, dq2, dq3 = torch.zeros_like(q1), torch.zeros_like(q2), torch.zeros_like(q3)
+    q3c = q3.contiguous()
     buf = q1.new_empty(B * min(n1, rc) * min(n2, kc) * n3)
     abuf = q1.new_empty(B * min(n1, rc) * min(n2, kc) * n3) if v3c is not None else None
     for r0, r1, b0, b1 in _blocks(n1, n2, rc, kc, rows):
@@ -176,20 +171,17 @@ def _backward_part(q1, q2, q3, v2, v3, shift, g, rows, scale, rc, kc, triangle, 
         else:
             a = gd if gv is None else gv.sum(-1, keepdim=True).add_(gd)  # V3 = 1: A is constant in c
             dL = P.mul_(a)
-        if triangle:
+        if triangle:  # dF12 = sum_c dL, dF13 = sum_b dL, dF23 = sum_r dL, taken to q at once (no n x n accumulators)
             d4 = dL.view(B, R, K, n3)
-            df12[:, r0:r1, b0:b1] += d4.sum(-1)
-            df13[:, r0:r1] += d4.sum(2)
-            df23[:, b0:b1] += d4.sum(1)
+            f12, f13, f23 = d4.sum(-1), d4.sum(2), d4.sum(1)  # [B, R, K], [B, R, n3], [B, K, n3]
+            dq1[:, r0:r1] += torch.bmm(f12, q2[:, b0:b1]).add_(torch.bmm(f13, q3c))
+            dq2[:, b0:b1] += torch.bmm(f12.transpose(-1, -2), q1[:, r0:r1]).add_(torch.bmm(f23, q3c))
+            dq3.baddbmm_(f13.transpose(-1, -2), q1[:, r0:r1]).baddbmm_(f23.transpose(-1, -2), q2[:, b0:b1])
         else:
             t = torch.bmm(dL, q3c).view(B, R, K, d)  # d/d(q1[r] * q2[b]), without s
             dq3.baddbmm_(dL.transpose(-1, -2), lg.operand(r0, r1, b0, b1))
             dq1[:, r0:r1] += (t * q2[:, None, b0:b1, :]).sum(2)
             dq2[:, b0:b1] += (t * q1[:, r0:r1, None, :]).sum(1)
-    if triangle:
-        dq1 = torch.bmm(df12, q2).add_(torch.bmm(df13, q3))
-        dq2 = torch.bmm(df12.transpose(-1, -2), q1).add_(torch.bmm(df23, q3))
-        dq3 = torch.bmm(df13.transpose(-1, -2), q1).add_(torch.bmm(df23.transpose(-1, -2), q2))
     return dq1.mul_(scale), dq2.mul_(scale), dq3.mul_(scale), dv2, dv3
 
 

@@ -67,9 +67,15 @@ DENSE_TRIANGLE_TUPLES = 2**24
 #: 6 ms; training step at b=64, n=32, d=64: row-wise 85 ms vs separable 138 ms; 1 thread).
 DENSE_TRIANGLE_MAX_LEN = 64
 
-#: Added to every fused-kernel memory figure: allocator rounding, BLAS packing buffers and small
-#: tensors (measured peak-RSS growth exceeds the summed tensor sizes by up to ~1 MB).
-SLACK_BYTES = 2 * 2**20
+#: Every fused-kernel memory figure is the summed tensor sizes times (1 + SLACK_FRACTION) plus
+#: SLACK_BYTES: allocator rounding, BLAS packing buffers, worker-thread state. Measured peak-RSS
+#: growth over the summed sizes (forward + backward, d = 32): up to +4% (x1*x2*x3, n = 256, b*h = 1).
+SLACK_FRACTION = 0.15
+SLACK_BYTES = 64 * 2**10
+
+
+def _slack(nbytes: float) -> int:
+    return int(nbytes * (1.0 + SLACK_FRACTION)) + SLACK_BYTES
 
 _TRIANGLE = ((1, 2), (1, 3), (2, 3))
 _TENSOR3 = ((1, 2, 3),)
@@ -121,8 +127,9 @@ def _rowwise_bytes(spec: ProblemSpec, kind: StepKind, rows: int, keys: int) -> t
     shifts; in the backward two blocks (probabilities, logit gradients), ``R*Bb*(2d + 3dv)`` GEMM
     operands/results and the gradient accumulators of q1..q3, V2, V3. Shared: scaled / contiguous
     copies of the inputs, the result ``[n1, dv+1]`` and the output, the incoming gradient, and the
-    gradients handed to autograd. The triangle adds its three ``n x n`` logit factors (and their
-    gradients in the backward). With batch 1 a large call runs as ``ROW_SPLIT_PARTS`` parts.
+    gradients handed to autograd. The triangle adds its three ``n x n`` logit factors (forward and
+    backward; their gradients go to q block by block). With batch 1 a large call runs as
+    ``ROW_SPLIT_PARTS`` parts.
     """
     n1, n2, n3 = spec.seq_lens
     b, isz, d, dv = spec.batch, spec.itemsize, spec.head_dim, spec.value_dim
@@ -135,14 +142,14 @@ def _rowwise_bytes(spec: ProblemSpec, kind: StepKind, rows: int, keys: int) -> t
     # tensor3: the x1*x2 operand (forward), and in the backward the operand, dL @ q3 and two products
     part_fwd = block + rows * keys * (dv + 2 + (d if tensor3 else 0)) + 2 * rows * n2 * (dv + 2)
     part_bwd = 2 * block + rows * keys * (3 * dv + 2 + (4 * d if tensor3 else 0)) + grads
-    if not tensor3:  # the logit factors, and their gradients in the backward
+    if not tensor3:  # the logit factors; per block their gradients R*Bb + (R + Bb)*n3
         factors = n1 * n2 + n1 * n3 + n2 * n3
         part_fwd += factors
-        part_bwd += 2 * factors
+        part_bwd += factors + rows * keys + (rows + keys) * (n3 + d)
     parts = ROW_SPLIT_PARTS if (b < ROW_SPLIT_PARTS and b * n1 * n2 * n3 >= PARALLEL_MIN_TUPLES) else 1
     fwd = shared + parts * part_fwd
     bwd = shared + n1 * C + grads + parts * part_bwd
-    return fwd * b * isz + SLACK_BYTES, max(fwd, bwd) * b * isz + SLACK_BYTES
+    return _slack(fwd * b * isz), _slack(max(fwd, bwd) * b * isz)
 
 
 # ------------------------------------------------------------------------------ separable triangle
@@ -163,7 +170,7 @@ def _triangle_bytes(spec: ProblemSpec, zc: int) -> tuple[int, int]:
     small = (n1 + n2 + n3) * (d + C) * 3 + 3 * n1 * C
     fwd = factors + chunk + small
     bwd = factors + 2 * nn * nn + chunk + small + 2 * (n1 + n2 + n3) * (d + C)
-    return fwd * b * isz + SLACK_BYTES, max(fwd, bwd) * b * isz + SLACK_BYTES
+    return _slack(fwd * b * isz), _slack(max(fwd, bwd) * b * isz)
 
 
 def fused_cubic(spec: ProblemSpec, kind: StepKind, budget: int) -> FusedCubic:
