@@ -194,14 +194,25 @@ def implementations(poly: str, qs: list[torch.Tensor], vs: list[torch.Tensor], s
             if p.is_tree:
                 continue  # trees are compared with SDPA, not with a flop-matched GEMM
             k = max(1, round(pl.flops / (2.0 * bh * n * n * n)))
+            mm_bytes = 4.0 * bh * n * n * (2 * k + 1)  # a, b and the result
+            if mm_bytes > cap:
+                out.append(Impl(name, None, skip=f"[{bh},{n},{n}] @ [{bh},{n},{n * k}] needs {mm_bytes / 2**30:.1f} GB "
+                                                 f"> max_memory_gb={cfg.max_memory_gb}"))
+                continue
             grad = qs[0].requires_grad
             a = torch.randn(bh, n, n, requires_grad=grad)
             b = torch.randn(bh, n, n * k, requires_grad=grad)
             out.append(Impl(name, lambda a=a, b=b: a @ b, flops=2.0 * bh * n**3 * k,
                             note=f"[{bh},{n},{n}] @ [{bh},{n},{n * k}] (forward FLOPs)", leaves=(a, b)))
         elif name == "autograd":
+            # autograd through the old forward keeps the n^3 probabilities (tensor) or the n^2 (dv + 1)
+            # GEMM operands and results (triangle)
+            est = bh * n**3 * 4.0 if pl.fused == "tensor3" else bh * n * n * (d + 1) * 8.0
             if pl.fused not in ("triangle", "tensor3"):
                 out.append(Impl(name, None, skip=f"no fused cubic kernel runs {poly} here"))
+            elif qs[0].requires_grad and est > cap:
+                out.append(Impl(name, None, skip=f"autograd through the forward stores ~{est / 2**30:.1f} GB "
+                                                 f"> max_memory_gb={cfg.max_memory_gb}"))
             else:
                 out.append(Impl(name, lambda: autograd_fused(poly, qs, vs),
                                 note="fused kernels before the custom backward (autograd through the forward)"))

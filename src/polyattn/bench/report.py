@@ -87,10 +87,10 @@ def format_markdown(doc: dict) -> str:
     """Markdown tables (for docs/benchmarks.md): same-run ratios, cubic scaling (GFLOP/s vs n beside
     the time exponent), fitted exponents, and what was not run."""
     out = [
-        "| mechanism | n | d | b*h | mode | method | polyattn [ms] | peak [MB] | plan peak [MB] | / SDPA "
+        "| sweep | mechanism | n | d | b*h | mode | method | polyattn [ms] | peak [MB] | plan peak [MB] | / SDPA "
         "| / (e x SDPA) | baseline | x faster | x less memory | baseline peak [MB] | baseline finite "
         "| GFLOP/s (of matmul) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v: Any, spec: str = ".3g") -> str:
@@ -101,7 +101,7 @@ def format_markdown(doc: dict) -> str:
         gf = ""
         if r.get("gflops") is not None:
             gf = f"{r['gflops']:.1f} ({100 * r['gflops_fraction_of_matmul']:.0f}% of {r['matmul_gflops']:.1f})"
-        lead = (f"| {r['mechanism']} | {r['n']} | {r['d']} | {r['batch_heads']} | {r['mode']} | {r.get('method', '')} "
+        lead = (f"| {r['sweep']} | {r['mechanism']} | {r['n']} | {r['d']} | {r['batch_heads']} | {r['mode']} | {r.get('method', '')} "
                 f"| {1e3 * r['polyattn_s']:.1f} | {f(r.get('peak_mb'), '.1f')} | {f(r.get('plan_peak_mb'), '.1f')} "
                 f"| {f(r.get('vs_sdpa'))} | {f(r.get('vs_edges_x_sdpa'))} ")
         if not peers:
