@@ -421,6 +421,26 @@ def test_fast_cubic_float32_training_sizes(spec):
         assert torch.allclose(a.double(), b, atol=1e-4), (a.double() - b).abs().max()
 
 
+@pytest.mark.parametrize("spec", CUBIC)
+@pytest.mark.parametrize("batch,has_v", [(1, (True, True)), (3, (True, False)), (2, (False, True))])
+def test_fast_cubic_worker_parts_match_reference(monkeypatch, spec, batch, has_v):
+    """The parts the worker threads run (heads, query-row ranges, row blocks of the triangle's
+    factors and GEMMs) give the reference's values and gradients."""
+    from polyattn.ops import threads
+    from polyattn.planning import plan_cubic
+
+    monkeypatch.setattr(threads, "workers", lambda: 2)  # as on a 2-thread machine, whatever this one has
+    monkeypatch.setattr(plan_cubic, "PARALLEL_MIN_TUPLES", 0)
+    g = _g(9)
+    lens = (70, 66, 68)
+    qs = [torch.randn(batch, lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
+    vs = [torch.randn(batch, lens[j], 3, generator=g, dtype=F64).requires_grad_(True) if h else None
+          for j, h in zip((1, 2), has_v)]
+    pl = polyattn.plan_for(spec, qs, vs, method="elimination")
+    assert pl.fused, str(pl)
+    _check_plan_vs_reference(pl, spec, qs, vs)
+
+
 def test_fast_cubic_double_backward_refused(dense_limit):
     qs, vs = _cubic_inputs(CUBIC[1], (True, True))
     out = polyattn.poly_attention(CUBIC[1], qs, vs, method="elimination")

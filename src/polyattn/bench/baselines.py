@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 import polyattn
 from polyattn.ops import Problem, prepare
 from polyattn.ops.reference import reference_attention
-from polyattn.planning import Method, Plan, ReferenceDetail, StepKind
+from polyattn.planning import DEFAULT_MEMORY_BUDGET, Method, Plan, ReferenceDetail, StepKind
 from polyattn.planning.plan_cubic import fused_kind
 
 from .config import IMPLS, KernelsConfig, Sweep
@@ -171,8 +172,8 @@ def implementations(poly: str, qs: list[torch.Tensor], vs: list[torch.Tensor], s
     bh = qs[0].shape[1]
     cap = cfg.max_memory_gb * 2**30
     tuples = bh * n**t
-    kw = {} if sweep.memory_budget is None else {"memory_budget": int(sweep.memory_budget)}
-    pl = polyattn.plan_for(poly, qs, vs, **kw)
+    budget = DEFAULT_MEMORY_BUDGET if sweep.memory_budget is None else int(sweep.memory_budget)
+    pl = polyattn.plan_for(poly, qs, vs, memory_budget=budget)
     out: list[Impl] = []
     for name in sweep.impls:
         if name == "polyattn":
@@ -202,7 +203,7 @@ def implementations(poly: str, qs: list[torch.Tensor], vs: list[torch.Tensor], s
             grad = qs[0].requires_grad
             a = torch.randn(bh, n, n, requires_grad=grad)
             b = torch.randn(bh, n, n * k, requires_grad=grad)
-            out.append(Impl(name, lambda a=a, b=b: a @ b, flops=2.0 * bh * n**3 * k,
+            out.append(Impl(name, partial(torch.matmul, a, b), flops=2.0 * bh * n**3 * k,
                             note=f"[{bh},{n},{n}] @ [{bh},{n},{n * k}] (forward FLOPs)", leaves=(a, b)))
         elif name == "autograd":
             # autograd through the old forward keeps the n^3 probabilities (tensor) or the n^2 (dv + 1)
@@ -229,7 +230,7 @@ def implementations(poly: str, qs: list[torch.Tensor], vs: list[torch.Tensor], s
                     continue
                 run = peer.load()
                 pq, pv, pkw = peer.polyattn_args(qs, vs)
-                out.append(Impl(peer.name, lambda run=run: run(qs, vs), note=peer.note, same=(pq, pv, pkw)))
+                out.append(Impl(peer.name, partial(run, qs, vs), note=peer.note, same=(pq, pv, pkw)))
         else:
             raise polyattn.PolyAttentionError(f"unknown implementation {name!r}; choose from {', '.join(IMPLS)}")
     return out

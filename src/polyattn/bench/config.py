@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 try:
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found]
 
 import polyattn
 from polyattn.planning import REFERENCE_MAX_TUPLES
@@ -60,6 +60,9 @@ class KernelsConfig:
     out: str = "benchmarks/results/kernels.json"
     plot: str | None = "docs/figures/bench_kernels.png"
     check: bool = True  # compare each implementation's output with polyattn's
+    # peak memory = min over this many measured calls: the first call after the allocator is
+    # retuned for measuring may reuse heap (and worker-thread arena) memory from the timing phase
+    memory_repeats: int = 2
 
 
 def polynomial_of(mech: str) -> tuple[str, str]:

@@ -45,14 +45,15 @@ def fast_cubic(prob: Problem, fused: FusedCubic) -> torch.Tensor | None:
     return out.reshape(*prob.batch_shape, prob.n(1), dv)
 
 
-def _flat(prob: Problem) -> list[torch.Tensor | None]:
+def _flat(prob: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """q1..q3 as ``[B, n, d]`` and V2, V3 as ``[B, n, dv]`` or None (value-less), B the flattened
     batch shape (broadcast dims are expanded; a reshape copies only where a view cannot be made)."""
     shape = prob.batch_shape
-    out: list[torch.Tensor | None] = []
-    for x in (prob.q[1], prob.q[2], prob.q[3], prob.v[2], prob.v[3]):
-        if x is None:
-            out.append(None)
-        else:
-            out.append(x.expand(*shape, *x.shape[-2:]).reshape(-1, *x.shape[-2:]))
-    return out
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(*shape, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+
+    q1, q2, q3 = (prob.q[j] for j in (1, 2, 3))
+    assert q1 is not None and q2 is not None and q3 is not None
+    v2, v3 = prob.v[2], prob.v[3]
+    return (flat(q1), flat(q2), flat(q3), None if v2 is None else flat(v2), None if v3 is None else flat(v3))

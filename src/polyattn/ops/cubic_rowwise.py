@@ -39,8 +39,7 @@ import torch
 
 from ..errors import PolyAttentionError
 from ..planning import plan_cubic
-from . import trace
-from .threads import run_parts, workers
+from . import threads, trace
 
 __all__ = ["rowwise_cubic", "LOG2E", "prod", "fold_vmap", "no_double_backward"]
 
@@ -190,7 +189,7 @@ def _parts(B: int, n1: int, rc: int) -> list[tuple[slice, tuple[int, int]]]:
     per thread, at most one per head) when there are ``plan_cubic.ROW_SPLIT_PARTS`` heads or more,
     else that many ranges of whole query-row chunks (each part then holds its own blocks and
     gradient accumulators, which the plan's memory figure counts)."""
-    T = workers()
+    T = threads.workers()
     if T <= 1:
         return [(slice(0, B), (0, n1))]
     if B >= plan_cubic.ROW_SPLIT_PARTS:
@@ -217,7 +216,7 @@ def _forward(q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv):  # noqa: ANN001, 
             _forward_part(q1[hs], q2[hs], q3[hs], _sl(v2, hs), _sl(v3, hs), acc[hs], shift[hs], rows,
                           scale, rc, kc, triangle)
 
-    run_parts(part, parts)
+    threads.run_parts(part, parts)
     kind = _kind(triangle)
     for r0, r1, b0, b1 in _blocks(n1, n2, rc, kc):
         trace.emit("fused", kind=kind, rows=(r0, r1), keys=(b0, b1), cols=(0, dv + 1))
@@ -234,7 +233,7 @@ def _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # n
             return _backward_part(q1[hs], q2[hs], q3[hs], _sl(v2, hs), _sl(v3, hs), shift[hs], g[hs], rows,
                                   scale, rc, kc, triangle, need)
 
-    res = run_parts(part, parts)
+    res = threads.run_parts(part, parts)
     if len(res) == 1:
         grads = res[0]
     elif parts[0][1] == (0, n1):  # split by heads: concatenate
@@ -289,7 +288,7 @@ def no_double_backward(grads: tuple[torch.Tensor | None, ...], anchor: torch.Ten
 
 def fold_vmap(size: int, in_dims, xs):  # noqa: ANN001, ANN201
     """torch.func.vmap: fold the vmapped dim into the batch dim of ``[B, n, k]`` tensors."""
-    out = []
+    out: list[torch.Tensor | None] = []
     for x, dim in zip(xs, in_dims):
         if x is None:
             out.append(None)

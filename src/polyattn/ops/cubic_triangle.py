@@ -28,12 +28,18 @@ Memory: three factors, one gradient, one ``n x n`` temporary and one chunk's ope
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
 import torch
 
-from . import trace
-from .cubic_rowwise import LOG2E, fold_vmap, no_double_backward, prod
+from . import threads, trace
+from .cubic_rowwise import LOG2E, fold_vmap, no_double_backward
 
 __all__ = ["separable_triangle"]
+
+T = TypeVar("T")
 
 
 def _ones(v: torch.Tensor | None, like: torch.Tensor, n: int, dv: int) -> torch.Tensor:
@@ -44,18 +50,58 @@ def _ones(v: torch.Tensor | None, like: torch.Tensor, n: int, dv: int) -> torch.
     return torch.cat([v, like.new_ones(()).expand(B, n, 1)], dim=-1)
 
 
+def _rows(n: int) -> list[tuple[int, int]]:
+    """Row ranges, one per worker thread (rows of at least 32)."""
+    P = max(1, min(threads.workers(), n // 32))
+    cuts = [n * i // P for i in range(P + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _par(fn: Callable[[int, int], T], n: int) -> list[T]:
+    """``fn(r0, r1)`` over row ranges of ``n`` rows on the worker threads (single-threaded ops, no
+    graph); the parts write disjoint rows of shared tensors or return partial results."""
+
+    def part(r0: int, r1: int) -> T:
+        with torch.no_grad():
+            return fn(r0, r1)
+
+    return threads.run_parts(part, _rows(n))
+
+
+def _add(parts: list[torch.Tensor]) -> torch.Tensor:
+    out = parts[0]
+    for x in parts[1:]:
+        out = out + x
+    return out
+
+
 def _factors(q1, q2, q3, scale, shifts=None):  # noqa: ANN001, ANN202
-    """``(E12, E13, E23, (s1, s2, s3))``; with ``shifts`` given, they are reused (the backward)."""
+    """``(E12, E13, E23, (s1, s2, s3))``, row blocks on the workers; with ``shifts`` given they are
+    reused (the backward recomputes the forward's factors exactly)."""
     c = scale * LOG2E
-    f23 = torch.bmm(q2, q3.transpose(-1, -2)).mul_(c)
-    s3 = f23.amax(-1, keepdim=True) if shifts is None else shifts[2]
-    e23 = f23.sub_(s3).exp2_()  # [B, n2, n3]
-    f13 = torch.bmm(q1, q3.transpose(-1, -2)).mul_(c)
-    s2 = f13.amax(-1, keepdim=True) if shifts is None else shifts[1]
-    e13 = f13.sub_(s2).exp2_()  # [B, n1, n3]
-    h12 = torch.bmm(q1, q2.transpose(-1, -2)).mul_(c).add_(s3.transpose(-1, -2))
-    s1 = h12.amax(-1, keepdim=True) if shifts is None else shifts[0]
-    e12 = h12.sub_(s1).exp2_()  # [B, n1, n2]
+    B, n1, n2, n3 = q1.shape[0], q1.shape[1], q2.shape[1], q3.shape[1]
+    e12, e13, e23 = q1.new_empty(B, n1, n2), q1.new_empty(B, n1, n3), q1.new_empty(B, n2, n3)
+    s1, s2, s3 = (q1.new_empty(B, n1, 1), q1.new_empty(B, n1, 1), q1.new_empty(B, n2, 1)) if shifts is None else shifts
+    q2t, q3t = q2.transpose(-1, -2), q3.transpose(-1, -2)
+
+    def f23(b0: int, b1: int) -> None:
+        f = torch.bmm(q2[:, b0:b1], q3t).mul_(c)
+        if shifts is None:
+            s3[:, b0:b1] = f.amax(-1, keepdim=True)
+        e23[:, b0:b1] = f.sub_(s3[:, b0:b1]).exp2_()
+
+    def f1x(a0: int, a1: int) -> None:
+        f = torch.bmm(q1[:, a0:a1], q3t).mul_(c)
+        if shifts is None:
+            s2[:, a0:a1] = f.amax(-1, keepdim=True)
+        e13[:, a0:a1] = f.sub_(s2[:, a0:a1]).exp2_()
+        h = torch.bmm(q1[:, a0:a1], q2t).mul_(c).add_(s3.transpose(-1, -2))
+        if shifts is None:
+            s1[:, a0:a1] = h.amax(-1, keepdim=True)
+        e12[:, a0:a1] = h.sub_(s1[:, a0:a1]).exp2_()
+
+    _par(f23, n2)
+    _par(f1x, n1)  # needs all of s3
     return e12, e13, e23, (s1, s2, s3)
 
 
@@ -66,19 +112,61 @@ def _forward(q1, q2, q3, v2, v3, scale, zc, dv):  # noqa: ANN001, ANN202
     C = dv + 1
     v2c, v3c = _ones(v2, q1, n2, dv), _ones(v3, q1, n3, dv)
     acc = q1.new_empty(B, n1, C)
+    hbuf = q1.new_empty(B * n2 * min(zc, C) * n3)
     for z0 in range(0, C, zc):
         z1 = min(C, z0 + zc)
-        Z = z1 - z0
         trace.emit("fused", kind="fused-triangle", rows=(0, n1), keys=(0, n2), cols=(z0, z1))
+        h = hbuf[: B * n2 * (z1 - z0) * n3].view(B, n2, z1 - z0, n3)
         # H[b, z, c] = V2[b, z] E23[b, c] V3[c, z]: both values folded into the right GEMM operand
-        h = prod(v2c[..., z0:z1].unsqueeze(-1), e23.unsqueeze(-2))  # [B, n2, Z, n3]
-        h.mul_(v3c[..., z0:z1].transpose(-1, -2).unsqueeze(1))
-        m = torch.bmm(e12, h.view(B, n2, Z * n3))  # [B, n1, Z*n3]: the n^3 work, one GEMM
-        del h
-        # acc[a, z] = sum_c M[a, z, c] E13[a, c]: a batched mat-vec over the rows a
-        acc[:, :, z0:z1] = torch.bmm(m.view(B * n1, Z, n3), e13.reshape(B * n1, n3, 1)).view(B, n1, Z)
-        del m
+        _par(partial(_operand, h, v2c[..., z0:z1], e23, v3c[..., z0:z1]), n2)
+        _par(partial(_forward_rows, acc[..., z0:z1], e12, e13, h), n1)
     return acc, *shifts
+
+
+def _operand(h, w, e, v, r0: int, r1: int) -> None:  # noqa: ANN001
+    """Rows ``r0:r1`` of ``h[r, z, c] = w[r, z] e[r, c] (v[c, z])`` (``v`` None: omitted)."""
+    out = torch.mul(w[:, r0:r1].unsqueeze(-1), e[:, r0:r1].unsqueeze(-2), out=h[:, r0:r1])
+    if v is not None:
+        out.mul_(v.transpose(-1, -2).unsqueeze(1))
+
+
+def _forward_rows(acc, e12, e13, h, a0: int, a1: int) -> None:  # noqa: ANN001
+    B, n2, Z, n3 = h.shape
+    R = a1 - a0
+    m = torch.bmm(e12[:, a0:a1], h.view(B, n2, Z * n3))  # [B, R, Z*n3]: the n^3 work
+    # acc[a, z] = sum_c M[a, z, c] E13[a, c]: a batched mat-vec over the rows a
+    acc[:, a0:a1] = torch.bmm(m.view(B * R, Z, n3), e13[:, a0:a1].reshape(B * R, n3, 1)).view(B, R, Z)
+
+
+def _family_rows(de, left, h, scale_u, red, dv_factor, first: bool, r0: int, r1: int):  # noqa: ANN001, ANN202
+    """One row block of a gradient family: ``U = scale_u[r, z] * (left[r] @ h)`` (``[B, R, Z, n]``),
+    ``de[r] += sum_z U[:, :, z] red[z]`` and, with ``dv_factor``, the partial ``sum_r U * dv_factor[r]``."""
+    B, _, Z, n = h.shape
+    u = torch.bmm(left(r0, r1), h.view(B, h.shape[1], Z * n)).view(B, r1 - r0, Z, n)
+    u.mul_(scale_u[:, r0:r1, :, None])
+    d = de[:, r0:r1]
+    if first:
+        d.zero_()
+    for j in range(Z):
+        d.addcmul_(u[:, :, j], red[:, None, j])
+    return u.mul_(dv_factor[:, r0:r1, None]).sum(1) if dv_factor is not None else None
+
+
+def _family(chunks, hbuf, de, left, rows_n, operand_args, keys_n, scale_u, red, dv_factor, dvout, emit):  # noqa: ANN001
+    """A gradient family over the value-column chunks: build the operand by row blocks of
+    ``keys_n``, then per row block of ``rows_n`` the GEMM and reductions (:func:`_family_rows`)."""
+    w, e, v = operand_args
+    B = de.shape[0]
+    n = e.shape[-1]
+    for i, (z0, z1) in enumerate(chunks):
+        if emit:
+            trace.emit("fused", kind="fused-triangle-backward", rows=(0, rows_n), keys=(0, keys_n), cols=(z0, z1))
+        h = hbuf[: B * keys_n * (z1 - z0) * n].view(B, keys_n, z1 - z0, n)
+        _par(partial(_operand, h, w[..., z0:z1], e, None if v is None else v[..., z0:z1]), keys_n)
+        parts = _par(partial(_family_rows, de, left, h, scale_u[..., z0:z1], red[:, z0:z1],
+                             dv_factor, i == 0), rows_n)
+        if dvout is not None:
+            dvout[:, z0:z1] = _add(parts)
 
 
 def _backward(q1, q2, q3, v2, v3, shifts, g, scale, zc, need):  # noqa: ANN001, ANN202
@@ -92,60 +180,48 @@ def _backward(q1, q2, q3, v2, v3, shifts, g, scale, zc, need):  # noqa: ANN001, 
     dv2 = q1.new_zeros(B, C, n2) if (v2 is not None and need[3]) else None
     dv3 = q1.new_zeros(B, C, n3) if (v3 is not None and need[4]) else None
     chunks = [(z0, min(C, z0 + zc)) for z0 in range(0, C, zc)]
+    hbuf = q1.new_empty(B * max(n1, n2, n3) ** 2 * min(zc, C))
+    dq1, dq2, dq3 = q1.new_empty(q1.shape), q1.new_empty(q2.shape), q1.new_empty(q3.shape)
+    q2c, q3c = q2.contiguous(), q3.contiguous()
 
-    # family 13: K = E12 @ (V2 E23) -> dE13, dV3
-    de = torch.zeros_like(e13)
-    for z0, z1 in chunks:
-        Z = z1 - z0
-        trace.emit("fused", kind="fused-triangle-backward", rows=(0, n1), keys=(0, n2), cols=(z0, z1))
-        h = prod(v2c[..., z0:z1].unsqueeze(-1), e23.unsqueeze(-2))  # [B, n2, Z, n3]
-        u = torch.bmm(e12, h.view(B, n2, Z * n3)).view(B, n1, Z, n3)
-        del h
-        u.mul_(g[:, :, z0:z1, None])
-        for j in range(Z):
-            de.addcmul_(u[:, :, j], v3t[:, None, z0 + j])
-        if dv3 is not None:
-            dv3[:, z0:z1] = u.mul_(e13[:, :, None]).sum(1)
-        del u
-    de.mul_(e13)  # dF13 (natural logits): E13 = exp(F13 - s2)
-    dq1 = torch.bmm(de, q3)
-    dq3 = torch.bmm(de.transpose(-1, -2), q1)
-
-    # family 12: J = E13 @ (V3 E23^T) -> dE12, dV2
-    de = torch.zeros_like(e12)
-    for z0, z1 in chunks:
-        Z = z1 - z0
-        h = prod(v3c[..., z0:z1].unsqueeze(-1), e23.transpose(-1, -2).unsqueeze(-2))  # [B, n3, Z, n2]
-        u = torch.bmm(e13, h.view(B, n3, Z * n2)).view(B, n1, Z, n2)
-        del h
-        u.mul_(g[:, :, z0:z1, None])
-        for j in range(Z):
-            de.addcmul_(u[:, :, j], v2t[:, None, z0 + j])
-        if dv2 is not None:
-            dv2[:, z0:z1] = u.mul_(e12[:, :, None]).sum(1)
-        del u
-    de.mul_(e12)
-    dq1.baddbmm_(de, q2)
-    dq2 = torch.bmm(de.transpose(-1, -2), q1)
-
-    # family 23: N = E12^T @ (G E13) -> dE23
-    de = torch.zeros_like(e23)
-    e12t = e12.transpose(-1, -2)
-    for z0, z1 in chunks:
-        Z = z1 - z0
-        h = prod(g[:, :, z0:z1, None], e13.unsqueeze(-2))  # [B, n1, Z, n3]
-        u = torch.bmm(e12t, h.view(B, n1, Z * n3)).view(B, n2, Z, n3)
-        del h
-        u.mul_(v2c[:, :, z0:z1, None])
-        for j in range(Z):
-            de.addcmul_(u[:, :, j], v3t[:, None, z0 + j])
-        del u
-    de.mul_(e23)
-    dq2.baddbmm_(de, q3)
-    dq3.baddbmm_(de.transpose(-1, -2), q2)
+    # family 13: K = E12 @ (V2[b,z] E23[b,c]); U = G K: dE13 = sum_z U V3, dV3 = sum_a U E13
+    de = q1.new_empty(B, n1, n3)
+    _family(chunks, hbuf, de, lambda a0, a1: e12[:, a0:a1], n1, (v2c, e23, None), n2, g, v3t, e13, dv3, True)
+    _par(partial(_to_q, de, e13, q3c, dq1, False), n1)  # dF13 = dE13 * E13 (natural logits); dq1 = dF13 @ q3
+    _par(partial(_to_q_t, de, q1, dq3, False), n3)  # dq3 = dF13^T @ q1
+    # family 12: J = E13 @ (V3[c,z] E23[b,c])^T; U = G J: dE12 = sum_z U V2, dV2 = sum_a U E12
+    de = q1.new_empty(B, n1, n2)
+    _family(chunks, hbuf, de, lambda a0, a1: e13[:, a0:a1], n1, (v3c, e23.transpose(-1, -2), None), n3,
+            g, v2t, e12, dv2, False)
+    _par(partial(_to_q, de, e12, q2c, dq1, True), n1)
+    _par(partial(_to_q_t, de, q1, dq2, False), n2)
+    # family 23: N = E12^T @ (G[a,z] E13[a,c]); U = V2[b,z] N: dE23 = sum_z U V3
+    de = q1.new_empty(B, n2, n3)
+    _family(chunks, hbuf, de, lambda b0, b1: e12[:, :, b0:b1].transpose(-1, -2), n2, (g, e13, None), n1,
+            v2c, v3t, None, None, False)
+    _par(partial(_to_q, de, e23, q3c, dq2, True), n2)
+    _par(partial(_to_q_t, de, q2, dq3, True), n3)
     gv2 = dv2[:, :dv].transpose(-1, -2) if dv2 is not None else None
     gv3 = dv3[:, :dv].transpose(-1, -2) if dv3 is not None else None
     return dq1.mul_(scale), dq2.mul_(scale), dq3.mul_(scale), gv2, gv3
+
+
+def _to_q(de, e, q, dq, add: bool, r0: int, r1: int) -> None:  # noqa: ANN001
+    """Rows ``r0:r1``: ``dF = dE * E`` in place, then ``dq[r] (+)= dF[r] @ q``."""
+    f = de[:, r0:r1].mul_(e[:, r0:r1])
+    if add:
+        dq[:, r0:r1].baddbmm_(f, q)
+    else:
+        dq[:, r0:r1] = torch.bmm(f, q)
+
+
+def _to_q_t(df, q, dq, add: bool, c0: int, c1: int) -> None:  # noqa: ANN001
+    """Rows ``c0:c1`` of ``dq (+)= dF^T @ q`` (``dF`` complete)."""
+    f = df[:, :, c0:c1].transpose(-1, -2)
+    if add:
+        dq[:, c0:c1].baddbmm_(f, q)
+    else:
+        dq[:, c0:c1] = torch.bmm(f, q)
 
 
 class _Triangle(torch.autograd.Function):
