@@ -530,10 +530,6 @@ def test_fast_cubic_training_memory_within_plan(spec):
         for x in qs + vs:
             x.grad = None
 
-    def infer():
-        with torch.no_grad():
-            polyattn.poly_attention(pl, qs, vs)
-
     peak_memory_growth(train)  # warm-up under the measurement's allocator settings
     # min of 3: the resident set also counts file pages (library code) that a loaded machine may
     # have evicted and the run faults in again
@@ -541,6 +537,8 @@ def test_fast_cubic_training_memory_within_plan(spec):
     assert grow < pl.peak_bytes, (grow / 2**20, pl.peak_bytes / 2**20)
     if spec == CUBIC[1]:
         assert grow < n**3 * 4 / 4, grow / 2**20
-    else:  # the backward adds O(n^2), not O(n^2 * dv)
-        fwd = min(peak_memory_growth(infer) for _ in range(2))
-        assert grow < fwd + 4 * n * n * 4 + 2**20, (grow / 2**20, fwd / 2**20)
+    else:  # the backward adds O(n^2) to the forward's figure, not O(n^2 * dv)
+        from polyattn.planning.plan_cubic import fused_forward_bytes
+
+        fwd = fused_forward_bytes(pl.spec, pl.detail.fused)
+        assert pl.peak_bytes < fwd + 4 * n * n * 4 * 1.15 and grow < fwd + 4 * n * n * 4, (grow / 2**20, fwd / 2**20)
