@@ -41,16 +41,9 @@ from ..errors import PolyAttentionError
 from ..planning import plan_cubic
 from . import threads, trace
 
-__all__ = ["rowwise_cubic", "LOG2E", "prod", "fold_vmap", "no_double_backward"]
+__all__ = ["rowwise_cubic", "LOG2E", "fold_vmap", "no_double_backward"]
 
 LOG2E = 1.0 / math.log(2.0)
-
-
-def prod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a * b`` (broadcast) into a new contiguous tensor (inputs may be any strided views), so that
-    it can be viewed as a 2-D GEMM operand."""
-    out = a.new_empty(torch.broadcast_shapes(a.shape, b.shape))
-    return torch.mul(a, b, out=out)
 
 
 def _kind(triangle: bool) -> str:
@@ -68,13 +61,14 @@ class _Logits:
             self.f13 = torch.matmul(q1, q3.transpose(-1, -2)).mul_(c)
             self.f23 = torch.matmul(q2, q3.transpose(-1, -2)).mul_(c)
         else:
-            self.q1, self.q2 = q1, q2
+            # contiguous copies (O(n d)): the product of their slices is then laid out contiguously
+            self.q1, self.q2 = q1.contiguous(), q2.contiguous()
             self.q3t = (q3 * c).transpose(-1, -2).contiguous()  # [B, d, n3]
 
     def operand(self, r0: int, r1: int, b0: int, b1: int) -> torch.Tensor:
         """``x1*x2*x3``: the GEMM operand ``q1[r] * q2[b]`` as ``[B, R*Bb, d]``."""
         B, d = self.q1.shape[0], self.q1.shape[-1]
-        return prod(self.q1[:, r0:r1, None, :], self.q2[:, None, b0:b1, :]).view(B, -1, d)
+        return (self.q1[:, r0:r1, None, :] * self.q2[:, None, b0:b1, :]).view(B, -1, d)
 
     def block(self, out: torch.Tensor, r0: int, r1: int, b0: int, b1: int) -> torch.Tensor:
         """Logits of rows ``r0:r1`` x keys ``b0:b1`` written into ``out`` ``[B, R*Bb, n3]``."""
