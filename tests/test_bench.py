@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -77,7 +78,7 @@ def test_installed_peers_compute_the_same_function():
     for peer in P.PEERS:
         if P.peer_status(peer) is not None:
             continue  # optional extra not installed here
-        qs, vs = K._inputs(peer.polynomial, n, d, bh, seed=0, grad=False)
+        qs, vs = K.make_inputs(peer.polynomial, n, d, bh, seed=0, grad=False)
         want_q, want_v, kw = peer.polyattn_args(qs, vs)
         got = peer.load()(qs, vs)
         want = polyattn.poly_attention(peer.polynomial, want_q, want_v, **kw)
@@ -113,7 +114,7 @@ def test_config_loading_and_errors(tmp_path):
 
 
 def test_naive_einsum_matches_reference():
-    qs, vs = K._inputs("x1*x2 + x2*x3 + x1*x3", 5, 3, 2, seed=1, grad=False)
+    qs, vs = K.make_inputs("x1*x2 + x2*x3 + x1*x3", 5, 3, 2, seed=1, grad=False)
     qs, vs = [q.double() for q in qs], [v.double() for v in vs]
     a = K.naive_einsum("x1*x2 + x1*x3 + x2*x3", qs, vs)
     b = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
@@ -145,3 +146,70 @@ def test_sweep_repeats_per_n_and_memory_phase_off(tmp_path):
     recs = {r["n"]: r for r in doc["records"]}
     assert len(recs[8]["samples"]) == 2 and len(recs[16]["samples"]) == 1
     assert all("peak_mb" not in r for r in recs.values())
+
+
+def test_naive_einsum_is_the_reference_kernel_in_float32():
+    from polyattn.ops import trace
+
+    qs, vs = K.make_inputs("x1*x2*x3", 6, 3, 2, seed=2, grad=False)
+    with trace.record() as events:
+        a = K.naive_einsum("x1*x2*x3", qs, vs)
+    assert events == [("reference", {})] and a.dtype == torch.float32
+    b = polyattn.poly_attention("x1*x2*x3", qs, vs, method="reference")
+    assert torch.allclose(a.double(), b.double(), atol=1e-5)
+
+
+def test_autograd_baseline_matches_polyattn():
+    from polyattn.bench.baselines import autograd_fused
+
+    for poly in ("x1*x2*x3", "x1*x2 + x1*x3 + x2*x3"):
+        qs, vs = K.make_inputs(poly, 70, 4, 2, seed=3, grad=True)
+        a = autograd_fused(poly, qs, vs)
+        b = polyattn.poly_attention(poly, qs, vs)
+        assert torch.allclose(a, b, atol=1e-5)
+        ga = torch.autograd.grad(a.sum(), qs)
+        gb = torch.autograd.grad(b.sum(), qs)
+        assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))
+
+
+def test_only_out_of_memory_and_method_errors_become_rows(tmp_path, monkeypatch):
+    from polyattn.bench import runner
+
+    assert runner.expected_failure(MemoryError()) and runner.expected_failure(torch.OutOfMemoryError("x"))
+    assert runner.expected_failure(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate"
+                                                " 1 GB; out of memory"))
+    assert runner.expected_failure(polyattn.MethodError("refused"))
+    assert not runner.expected_failure(ValueError("bug")) and not runner.expected_failure(AssertionError())
+    assert not runner.expected_failure(RuntimeError("shape mismatch"))
+    cfg = K.KernelsConfig(sweeps=[K.Sweep(name="s", mechanisms=["path2"], n=[8], d=[4], batch_heads=1,
+                                          modes=["fwd"], impls=["polyattn", "sdpa"])], repeats=1,
+                          out=str(tmp_path / "e.json"), plot=None)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CPU out of memory")
+
+    from polyattn.bench import baselines
+
+    monkeypatch.setattr(baselines, "F", types.SimpleNamespace(scaled_dot_product_attention=oom))
+    doc = K.run_kernels(cfg, progress=False, log=lambda m: None)
+    rows = {r["impl"]: r["status"] for r in doc["records"]}
+    assert rows["polyattn"] == "ok" and rows["sdpa"].startswith("error: OutOfMemoryError")
+
+    def bug(*a, **k):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(baselines, "F", types.SimpleNamespace(scaled_dot_product_attention=bug))
+    with pytest.raises(ValueError, match="a bug"):
+        K.run_kernels(cfg, progress=False, log=lambda m: None)
+
+
+def test_fused_rows_record_the_plans_peak(tmp_path):
+    cfg = K.KernelsConfig(sweeps=[K.Sweep(name="s", mechanisms=["tensor3"], n=[24], d=[4], batch_heads=1,
+                                          modes=["fwdbwd"], impls=["polyattn", "autograd"])], repeats=1,
+                          out=str(tmp_path / "f.json"), plot=None)
+    doc = K.run_kernels(cfg, progress=False, log=lambda m: None)
+    (row,) = doc["summary"]["ratios"]
+    assert row["plan_peak_mb"] > 0 and "speedup_vs_autograd" in row
+    if row.get("peak_mb") is not None:
+        assert row["peak_within_plan"] == (row["peak_mb"] <= row["plan_peak_mb"])
+    assert "plan peak [MB]" in K.format_markdown(doc)

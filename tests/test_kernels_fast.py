@@ -271,6 +271,10 @@ def test_fused_tree_memory_is_linear():
 
 
 # --------------------------------------------------------------- fused cubic kernels (ops/cubic.py)
+CUBIC = ["x1*x2 + x1*x3 + x2*x3", "x1*x2*x3"]
+KINDS = ["fused-triangle", "fused-triangle-rowwise", "fused-tensor3"]
+
+
 @pytest.fixture
 def dense_limit(monkeypatch):
     """Set the planner's row-wise triangle limit; plans are cached, so clear them around the test."""
@@ -285,25 +289,185 @@ def dense_limit(monkeypatch):
     make_plan.cache_clear()
 
 
-@pytest.mark.parametrize("spec", ["x1*x2 + x1*x3 + x2*x3", "x1*x2*x3"])
-@pytest.mark.parametrize("has_v", [(True, True), (False, True), (False, False)])
-@pytest.mark.parametrize("rowwise", [True, False])
-def test_fast_cubic_matches_reference(monkeypatch, dense_limit, spec, has_v, rowwise):
+def _cubic_inputs(spec, has_v, lens=(5, 7, 6), d=4, dv=3, seed=0, dtype=F64):
+    """Broadcast batch dims: x1 is [3, 2, n, d], the others [2, n, .] and [n, dv]."""
+    g = _g(seed)
+    qs = [torch.randn(*(2,) if j else (3, 2), lens[j], d, generator=g, dtype=dtype).requires_grad_(True) for j in range(3)]
+    vs = [torch.randn(lens[j], dv, generator=g, dtype=dtype).requires_grad_(True) if h else None
+          for j, h in zip((1, 2), has_v)]
+    return qs, vs
+
+
+def _check_plan_vs_reference(pl, spec, qs, vs, atol=1e-10):
+    leaves = qs + [v for v in vs if v is not None]
+    out = polyattn.poly_attention(pl, qs, vs)
+    ref = polyattn.poly_attention(spec, qs, vs, method="reference")
+    assert torch.allclose(out, ref, atol=atol), (out - ref).abs().max()
+    w = torch.randn(ref.shape, dtype=F64, generator=_g(3))
+    g = torch.autograd.grad((out * w).sum(), leaves)
+    rg = torch.autograd.grad((ref * w).sum(), leaves)
+    for a, b in zip(g, rg):
+        assert torch.allclose(a, b, atol=atol * 10), (a - b).abs().max()
+
+
+def _fused_plan(spec, qs, vs, kind, dense_limit, **kw):
+    dense_limit(2**24 if kind == "fused-triangle-rowwise" else 0)
+    pl = polyattn.plan_for(spec, qs, vs, method="elimination", **kw)
+    assert pl.detail.fused is not None and str(pl.detail.fused.kind) == kind, str(pl)
+    return pl
+
+
+def _cubic_cases():
+    for kind in KINDS:
+        spec = CUBIC[1] if kind == "fused-tensor3" else CUBIC[0]
+        for has_v in [(True, True), (False, True), (True, False), (False, False)]:
+            yield spec, kind, has_v
+
+
+def _small_budget(spec, qs, vs, kind, dense_limit):
+    """A memory_budget that forces several blocks: the plan's own forward + backward figure for
+    2 value columns per GEMM (separable triangle) or blocks of 1 query row x 3 x2 rows (row-wise)."""
+    from dataclasses import replace
+
+    from polyattn.planning.plan_cubic import fused_cost
+
+    pl = _fused_plan(spec, qs, vs, kind, dense_limit)
+    small = replace(pl.detail.fused, col_chunk=2) if kind == "fused-triangle" else replace(
+        pl.detail.fused, row_chunk=1, key_chunk=3)
+    return int(fused_cost(pl.spec, small)[1])
+
+
+@pytest.mark.parametrize("spec,kind,has_v", list(_cubic_cases()))
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fast_cubic_matches_reference(dense_limit, spec, kind, has_v, chunked):
+    """Forward and gradients equal the float64 reference (broadcast batch dims, value-less
+    variables); a small memory_budget forces several blocks / column chunks, and the backward runs
+    exactly the blocks the plan states."""
     from polyattn.ops import trace
+
+    qs, vs = _cubic_inputs(spec, has_v)
+    budget = _small_budget(spec, qs, vs, kind, dense_limit) if chunked else polyattn.planning.DEFAULT_MEMORY_BUDGET
+    pl = _fused_plan(spec, qs, vs, kind, dense_limit, memory_budget=budget)
+    f = pl.detail.fused
+    assert pl.peak_bytes <= budget
+    if chunked:
+        assert (f.col_chunk <= 2) if kind == "fused-triangle" else (f.row_chunk * f.key_chunk <= 3), str(pl)
+    with trace.record() as events:
+        _check_plan_vs_reference(pl, spec, qs, vs)
+    fwd = [e for e in events if e[1].get("kind") == kind]
+    bwd = [e for e in events if e[1].get("kind") == kind + "-backward"]
+    assert fwd
+    if kind == "fused-triangle":  # the backward's gradient families run over the same column chunks
+        assert [e[1]["cols"] for e in bwd] == [e[1]["cols"] for e in fwd]
+    else:  # same blocks as the forward
+        assert [(e[1]["rows"], e[1]["keys"]) for e in bwd] == [(e[1]["rows"], e[1]["keys"]) for e in fwd]
+
+
+@pytest.mark.parametrize("spec,kind", [(CUBIC[0], "fused-triangle"), (CUBIC[0], "fused-triangle-rowwise"),
+                                       (CUBIC[1], "fused-tensor3")])
+def test_fast_cubic_gradcheck(dense_limit, spec, kind):
+    qs, vs = _cubic_inputs(spec, (True, True), lens=(3, 4, 5), d=3, dv=2, seed=1)
+    pl = _fused_plan(spec, qs, vs, kind, dense_limit, memory_budget=_small_budget(spec, qs, vs, kind, dense_limit))
+    f = pl.detail.fused
+    assert (f.col_chunk <= 2) if kind == "fused-triangle" else (f.row_chunk * f.key_chunk <= 3), str(pl)
+    assert torch.autograd.gradcheck(lambda *xs: polyattn.poly_attention(pl, list(xs[:3]), list(xs[3:])),
+                                    (*qs, *vs), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec,kind", [(CUBIC[0], "fused-triangle"), (CUBIC[0], "fused-triangle-rowwise"),
+                                       (CUBIC[1], "fused-tensor3")])
+@pytest.mark.parametrize("layout", ["transposed", "sliced_last", "sliced_seq", "expand_last", "expand_batch",
+                                    "permuted_batch"])
+def test_fast_cubic_input_views(dense_limit, spec, kind, layout):
+    """Strided views (transposed storage, slices, stride-0 expansions) give the reference's values
+    and gradients; gradients reach the base tensors through the view."""
+    from strategies import as_layout
+
+    qs, vs = _cubic_inputs(spec, (True, True), lens=(6, 5, 7), seed=2)
+    qv = [as_layout(q, layout) for q in qs]
+    vv = [as_layout(v, layout) for v in vs]
+    budget = _small_budget(spec, qv, vv, kind, dense_limit)
+    _fused_plan(spec, qv, vv, kind, dense_limit, memory_budget=budget)
+    leaves = qs + vs
+    out = polyattn.poly_attention(spec, qv, vv, method="elimination", memory_budget=budget)
+    ref = polyattn.poly_attention(spec, qv, vv, method="reference")
+    assert torch.allclose(out, ref, atol=1e-10)
+    w = torch.randn(ref.shape, dtype=F64, generator=_g(3))
+    g = torch.autograd.grad((out * w).sum(), leaves)
+    rg = torch.autograd.grad((ref * w).sum(), leaves)
+    for a, b in zip(g, rg):
+        assert torch.allclose(a, b, atol=1e-9), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("spec", CUBIC)
+def test_fast_cubic_float32_training_sizes(spec):
+    """float32 at the sizes the planner really uses for each kernel, against the float64 reference."""
+    g = _g(4)
+    n = 40 if spec == CUBIC[1] else 80  # the triangle at n = 80 runs separable, x1*x2*x3 row-wise
+    qs = [torch.randn(2, n, 8, generator=g).requires_grad_(True) for _ in range(3)]
+    vs = [torch.randn(2, n, 8, generator=g).requires_grad_(True) for _ in range(2)]
+    pl = polyattn.plan_for(spec, qs, vs)
+    assert pl.fused, str(pl)
+    out = polyattn.poly_attention(spec, qs, vs)
+    ref = polyattn.poly_attention(spec, [q.double() for q in qs], [v.double() for v in vs], method="reference")
+    assert torch.allclose(out.double(), ref, atol=2e-5)
+    w = torch.randn(ref.shape, dtype=F64, generator=_g(5))
+    leaves = qs + vs
+    ga = torch.autograd.grad((out.double() * w).sum(), leaves)
+    d_leaves = [x.detach().double().requires_grad_(True) for x in leaves]
+    ref = polyattn.poly_attention(spec, d_leaves[:3], d_leaves[3:], method="reference")
+    gb = torch.autograd.grad((ref * w).sum(), d_leaves)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a.double(), b, atol=1e-4), (a.double() - b).abs().max()
+
+
+@pytest.mark.parametrize("spec", CUBIC)
+@pytest.mark.parametrize("batch,has_v", [(1, (True, True)), (3, (True, False)), (2, (False, True))])
+def test_fast_cubic_worker_parts_match_reference(monkeypatch, spec, batch, has_v):
+    """The parts the worker threads run (heads, query-row ranges, row blocks of the triangle's
+    factors and GEMMs) give the reference's values and gradients."""
+    from polyattn.ops import threads
     from polyattn.planning import plan_cubic
 
-    monkeypatch.setattr(plan_cubic, "FUSED_CHUNK_BYTES", 4096)  # force several row / column chunks
-    # small triangles run row-wise dense; 0 forces the separable-shift kernel
-    dense_limit(2**24 if rowwise else 0)
-    g = _g(0)
-    lens = (5, 7, 6)
-    qs = [torch.randn(*(2,) if j else (3, 2), lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
-    vs = [torch.randn(lens[j], 3, generator=g, dtype=F64).requires_grad_(True) if h else None
+    monkeypatch.setattr(threads, "workers", lambda: 2)  # as on a 2-thread machine, whatever this one has
+    monkeypatch.setattr(plan_cubic, "PARALLEL_MIN_TUPLES", 0)
+    g = _g(9)
+    lens = (70, 66, 68)
+    qs = [torch.randn(batch, lens[j], 4, generator=g, dtype=F64).requires_grad_(True) for j in range(3)]
+    vs = [torch.randn(batch, lens[j], 3, generator=g, dtype=F64).requires_grad_(True) if h else None
           for j, h in zip((1, 2), has_v)]
-    with trace.record() as events:
-        _check_vs_reference(spec, qs, vs, method="elimination")
-    used = [e for e, _ in events if e == "fused"]
-    assert used
+    pl = polyattn.plan_for(spec, qs, vs, method="elimination")
+    assert pl.fused, str(pl)
+    _check_plan_vs_reference(pl, spec, qs, vs)
+
+
+def test_fast_cubic_double_backward_refused(dense_limit):
+    qs, vs = _cubic_inputs(CUBIC[1], (True, True))
+    out = polyattn.poly_attention(CUBIC[1], qs, vs, method="elimination")
+    (g,) = torch.autograd.grad(out.sum(), qs[0], create_graph=True)
+    with pytest.raises(polyattn.PolyAttentionError, match="double backward through a fused cubic kernel"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("spec", CUBIC)
+def test_fast_cubic_vmap_and_func_grad(spec):
+    """torch.func: vmap over a leading dim and grad through the custom backward."""
+    qs, vs = _cubic_inputs(spec, (True, True), seed=6)
+    qs = [q.detach() for q in qs]
+    vs = [v.detach() for v in vs]
+    q1 = torch.randn(4, 5, 4, dtype=F64, generator=_g(7))  # vmapped over dim 0
+
+    def f(x):
+        return polyattn.poly_attention(spec, [x, qs[1], qs[2]], vs)
+
+    out = torch.func.vmap(f)(q1)
+    want = torch.stack([polyattn.poly_attention(spec, [x, qs[1], qs[2]], vs, method="reference") for x in q1])
+    assert torch.allclose(out, want, atol=1e-10)
+    gq = torch.func.grad(lambda x: f(x).square().sum())(q1[0])
+    x = q1[0].clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(polyattn.poly_attention(spec, [x, qs[1], qs[2]], vs, method="reference")
+                                  .square().sum(), x)
+    assert torch.allclose(gq, want, atol=1e-10)
 
 
 def test_fast_triangle_underflow_falls_back_exactly(monkeypatch, dense_limit):
@@ -313,26 +477,68 @@ def test_fast_triangle_underflow_falls_back_exactly(monkeypatch, dense_limit):
 
     g = _g(3)
     used = []
-    orig = cubic._triangle
+    orig = cubic.separable_triangle
     dense_limit(0)
-    monkeypatch.setattr(cubic, "_triangle", lambda *a: used.append(orig(*a)) or used[-1])
+    monkeypatch.setattr(cubic, "separable_triangle", lambda *a, **k: used.append(orig(*a, **k)) or used[-1])
     qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
     vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]
-    out = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="elimination")
-    ref = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
+    out = polyattn.poly_attention(CUBIC[0], qs, vs, method="elimination")
+    ref = polyattn.poly_attention(CUBIC[0], qs, vs, method="reference")
     assert torch.isfinite(out).all()
     assert torch.allclose(out.double(), ref.double(), atol=1e-4)
-    assert used == [None]  # the separable kernel declined; the generic steps computed the result
+    assert len(used) == 1  # the separable kernel ran and declined; the generic steps computed the result
+    den = used[0][..., -1]
+    assert bool((den < torch.finfo(torch.float32).tiny ** 0.5).any())
+    out.sum().backward()  # the generic steps' gradients (the declined kernel's graph is unused)
+    assert all(torch.isfinite(q.grad).all() for q in qs)
 
 
 def test_rowwise_triangle_large_logits_exact_without_fallback(monkeypatch):
     from polyattn.ops import cubic
 
-    monkeypatch.setattr(cubic, "_triangle", lambda *a: pytest.fail("separable kernel used"))
+    monkeypatch.setattr(cubic, "separable_triangle", lambda *a, **k: pytest.fail("separable kernel used"))
     g = _g(3)
     qs = [(40 * torch.randn(2, 6, 4, generator=g)).requires_grad_(True) for _ in range(3)]
     vs = [torch.randn(2, 6, 3, generator=g) for _ in range(2)]
-    out = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="elimination")
-    ref = polyattn.poly_attention("x1*x2 + x1*x3 + x2*x3", qs, vs, method="reference")
+    out = polyattn.poly_attention(CUBIC[0], qs, vs, method="elimination")
+    ref = polyattn.poly_attention(CUBIC[0], qs, vs, method="reference")
     assert torch.isfinite(out).all()
     assert torch.allclose(out.double(), ref.double(), atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", CUBIC)
+def test_fast_cubic_training_memory_within_plan(spec):
+    """Forward + backward grows the peak resident set by less than the plan's stated figure, and
+    far less than what autograd through the forward would store: the n^3 probabilities (x1*x2*x3),
+    the n^2 * (dv + 1) GEMM operands and results (triangle)."""
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("needs Linux /proc/self/clear_refs to read the peak RSS")
+    from polyattn.bench.measure import peak_memory_growth
+
+    n, d = 256, 16
+    g = _g(8)
+    qs = [torch.randn(1, n, d, generator=g, requires_grad=True) for _ in range(3)]
+    vs = [torch.randn(1, n, d, generator=g, requires_grad=True) for _ in range(2)]
+    pl = polyattn.plan_for(spec, qs, vs)
+    assert pl.fused, str(pl)
+
+    def train():
+        out = polyattn.poly_attention(pl, qs, vs)
+        out.sum().backward()
+        for x in qs + vs:
+            x.grad = None
+
+    peak_memory_growth(train)  # warm-up under the measurement's allocator settings
+    # min of 3: the resident set also counts file pages (library code) that a loaded machine may
+    # have evicted and the run faults in again
+    grow = min(peak_memory_growth(train) for _ in range(3))
+    assert grow < pl.peak_bytes, (grow / 2**20, pl.peak_bytes / 2**20)
+    if spec == CUBIC[1]:
+        assert grow < n**3 * 4 / 4, grow / 2**20
+    else:  # the backward adds O(n^2) to the forward's figure, not O(n^2 * dv)
+        from polyattn.planning.plan_cubic import fused_forward_bytes
+
+        fwd = fused_forward_bytes(pl.spec, pl.detail.fused)
+        assert pl.peak_bytes < fwd + 4 * n * n * 4 * 1.15 and grow < fwd + 4 * n * n * 4, (grow / 2**20, fwd / 2**20)

@@ -29,12 +29,14 @@ def _elimination_events(pl, n1: int, dv: int, has_value: bool) -> list:
     ev: list = []
     if d.fused is not None:
         f = d.fused
+        n2 = pl.spec.seq_lens[1]
         if f.kind == StepKind.FUSED_TRIANGLE:
             C = dv + 1
-            return [("fused", {"kind": str(f.kind), "rows": (0, n1), "cols": (z, min(C, z + f.col_chunk))})
+            return [("fused", {"kind": str(f.kind), "rows": (0, n1), "keys": (0, n2), "cols": (z, min(C, z + f.col_chunk))})
                     for z in range(0, C, f.col_chunk)]
-        return [("fused", {"kind": str(f.kind), "rows": (r, min(n1, r + f.row_chunk)), "cols": (0, dv + 1)})
-                for r in range(0, n1, f.row_chunk)]
+        return [("fused", {"kind": str(f.kind), "rows": (r, min(n1, r + f.row_chunk)),
+                           "keys": (b, min(n2, b + f.key_chunk)), "cols": (0, dv + 1)})
+                for r in range(0, n1, f.row_chunk) for b in range(0, n2, f.key_chunk)]
     cols = [(c, min(dv, c + d.channel_chunk)) for c in range(0, dv, d.channel_chunk)] if has_value else [(0, min(dv, d.channel_chunk))]
     glob = [i for i, s in enumerate(d.steps) if not s.depends_on_query]
     query = [i for i, s in enumerate(d.steps) if s.depends_on_query]

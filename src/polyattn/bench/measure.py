@@ -7,7 +7,9 @@
   ``/proc/self/status`` after resetting the watermark through ``/proc/self/clear_refs`` (Linux).
   glibc is told (``mallopt``) to serve every block above 64 KiB with ``mmap`` and to trim eagerly,
   so freed buffers leave the resident set and a later run cannot hide its peak in recycled memory.
-  It measures what the kernel really touched, including buffers inside fused ATen ops.
+  It measures what the kernel really touched, including buffers inside fused ATen ops; growth of
+  file-backed pages during the call (library code faulted in again on a busy machine) is
+  subtracted, so the figure is the call's anonymous memory.
 * **Exponent**: least-squares slope of ``log time`` against ``log n``.
 """
 
@@ -84,10 +86,14 @@ def peak_memory_growth(fn: Callable[[], Any], *, collect: bool = False) -> int |
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status("VmRSS:")
+    files = _status("RssFile:")
     res = fn()
     peak = _status("VmHWM:")
+    # Library code and data faulted in again during the call (the page cache of a busy machine
+    # evicts them) is not the call's working memory: subtract the growth of file-backed pages.
+    refaulted = max(0, _status("RssFile:") - files)
     del res
-    return max(0, peak - base)
+    return max(0, peak - base - refaulted)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

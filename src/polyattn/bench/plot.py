@@ -11,7 +11,9 @@ _STYLE = {"polyattn": "-", "sdpa": ":", "reference": "--", "einsum": "--", "matm
 
 
 def plot_kernels(doc: dict, path: str) -> None:
-    """One panel per mode: time vs n for every (mechanism, implementation) with >= 2 points.
+    """One panel per mode: time vs n for every (mechanism, implementation) with >= 2 points; plus,
+    when forward GFLOP/s were measured at >= 2 n, a panel of GFLOP/s vs n (polyattn solid, the
+    FLOP-matched matmul dotted): flat lines mean the cost grows like the FLOP count.
 
     Written atomically (temp file + ``os.replace``).
     """
@@ -22,7 +24,25 @@ def plot_kernels(doc: dict, path: str) -> None:
 
     ok = [r for r in doc["records"] if r.get("status") == "ok"]
     modes = sorted({r["mode"] for r in ok}, reverse=True) or ["fwd"]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
+    rates: dict[tuple, list[tuple[int, float]]] = {}
+    for r in ok:
+        if r["mode"] == "fwd" and r.get("gflops") is not None and r["impl"] in ("polyattn", "matmul"):
+            rates.setdefault((r.get("sweep", ""), r["mechanism"], r["impl"], r["d"]), []).append((r["n"], r["gflops"]))
+    rates = {k: sorted(v) for k, v in rates.items() if len({n for n, _ in v}) >= 2}
+    panels = len(modes) + (1 if rates else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
+    if rates:
+        ax = axes[0][-1]
+        for (sweep, mech, impl, d), pts in sorted(rates.items()):
+            ns, gs = zip(*pts)
+            ax.semilogx(ns, gs, "-" if impl == "polyattn" else ":", marker="o", markersize=3,
+                        label=f"[{sweep}] {mech} {impl} d={d}")
+        ax.set_xlabel("n (sequence length)")
+        ax.set_ylabel("GFLOP/s (forward)")
+        ax.set_title("fwd: achieved GFLOP/s vs n (flat = cost grows like the FLOP count)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
     for ax, mode in zip(axes[0], modes):
         series: dict[tuple, list[tuple[int, float]]] = {}
         for r in ok:

@@ -132,15 +132,18 @@ class ElimStep:
 class FusedCubic:
     """A fused BLAS kernel for the plain triangle or ``x1*x2*x3`` (:mod:`polyattn.ops.cubic`).
 
-    ``row_chunk``: query rows per chunk (row-wise kernels); ``col_chunk``: value columns, the
-    ones column included, per GEMM (separable triangle). ``fallback``: the generic steps of the
-    detail recompute the call when a separable-shift normaliser may have underflowed.
+    ``row_chunk`` / ``key_chunk``: query rows / x2 rows per block (row-wise kernels; the separable
+    triangle takes all of them); ``col_chunk``: value columns, the ones column included, per GEMM
+    (separable triangle; the row-wise kernels take all). ``fallback``: the generic steps of the
+    detail recompute the call when a separable-shift normaliser may have underflowed. The same
+    blocks run in the forward and in the (custom, recomputing) backward.
     """
 
     kind: StepKind
     row_chunk: int
     col_chunk: int
     fallback: bool
+    key_chunk: int = 0
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,12 @@ _FUSED_TEXT = {
         "value columns, O(n^2) memory per head"
     ),
     StepKind.FUSED_TENSOR3: (
-        "fused x1*x2*x3 kernel: per query-row chunk, logits GEMM, exact row max, exp, "
-        "V3 GEMM, V2 product summed over x2"
+        "fused x1*x2*x3 kernel: per block of query rows x x2 rows, logits GEMM, exact row max, exp2, "
+        "row sums, V3 GEMM; x2 rows combined with V2; the backward recomputes per block"
     ),
     StepKind.FUSED_TRIANGLE_ROWWISE: (
-        "fused triangle kernel (small problem): per query-row chunk, all n2 x n3 logits, "
-        "exact row max, exp, V3 GEMM, V2 product summed over x2"
+        "fused triangle kernel (small problem): per block of query rows x x2 rows, all n3 logits, "
+        "exact row max, exp2, row sums, V3 GEMM; x2 rows combined with V2; the backward recomputes per block"
     ),
 }
 
@@ -245,7 +245,8 @@ class Plan:
         if isinstance(d, EliminationDetail) and d.fused is not None:
             lines.append(
                 f"  fused      : {d.fused.kind}, chunks of {d.fused.row_chunk} query rows x "
-                f"{d.fused.col_chunk} value columns (the ones column included)"
+                f"{d.fused.col_chunk} value columns (the ones column included), "
+                f"{d.fused.key_chunk} x2 rows per block"
             )
         lines.append("  steps      :")
         for i, st in enumerate(self.steps, 1):

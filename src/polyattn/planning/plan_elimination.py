@@ -15,8 +15,8 @@ import math
 from ..polynomial import elimination_order
 from .details import EliminationDetail, ElimStep, StepKind
 from .methods import Method
-from .plan import Plan, Step
-from .plan_cubic import fused_cost, fused_cubic, fused_kind
+from .plan import Plan, Step, fmt_bytes
+from .plan_cubic import fused_cost, fused_cubic, fused_forward_bytes, fused_kind
 from .spec import ProblemSpec
 
 __all__ = ["plan_elimination", "elimination_steps"]
@@ -166,9 +166,11 @@ def plan_elimination(spec: ProblemSpec, budget: int) -> Plan:
                 what = "this small triangle" if kind == StepKind.FUSED_TRIANGLE_ROWWISE else "this polynomial"
                 notes = [f"a fused kernel runs {what} (exact per-row log-shift, BLAS contractions)"]
                 shown = [fused_step]
+            notes.append(f"peak memory {fmt_bytes(f_mem)} covers forward + backward (forward alone: "
+                         f"{fmt_bytes(fused_forward_bytes(spec, fc))}; the backward recomputes per block)")
             detail = EliminationDetail(order=order, width=width, row_chunk=rows, channel_chunk=cc,
                                        factors=detail.factors, steps=esteps, final=final, fused=fc)
-            return Plan(spec, Method.ELIMINATION, reason, tuple(shown), factor_flops(spec) + f_flops, f_mem,
+            return Plan(spec, Method.ELIMINATION, reason, tuple(shown), f_flops, f_mem,
                         exponent, detail=detail, notes=tuple(notes), blas=blas or kind == StepKind.FUSED_TRIANGLE)
     return Plan(spec, Method.ELIMINATION, reason, tuple(steps), flops, _peak(spec, esteps, rows, cc), exponent,
                 detail=detail, notes=tuple(notes), blas=blas)
