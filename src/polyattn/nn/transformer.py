@@ -12,6 +12,14 @@ Architecture (``L`` blocks, width ``dim``)::
 Tokens may carry several integer feature channels (``[B, N, C]``, channel ``c`` with its own
 vocabulary size), e.g. (value, index, table id) in function composition; their embeddings are
 summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for projections/MLP.
+
+``embedding="numeric"`` replaces the lookup tables by one linear map of hand-made numeric features
+(the Strassen-attention paper's Match3 embedding ``[position, value, value², 1]``, generalised)::
+
+    h_0 = W [u, u², (p, p²), 1] + b       u = tokens / vocab_sizes (per channel),  p = pos / max_len
+
+so a quadratic form in the raw integers (e.g. ``-(x_i + x_j + x_k - M)²``) is a bilinear form in
+the features. ``norm=False`` removes every LayerNorm (blocks and the final one).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ __all__ = ["PolyTransformer", "PolyBlock"]
 
 
 class PolyBlock(nn.Module):
-    """One pre-norm block: ``x + attn(LN x)`` then ``x + MLP(LN x)``."""
+    """One pre-norm block: ``x + attn(LN x)`` then ``x + MLP(LN x)`` (``norm=False``: no LN)."""
 
     def __init__(
         self,
@@ -43,14 +51,15 @@ class PolyBlock(nn.Module):
         dropout: float,
         method: str,
         valueless: Sequence[int] = (),
+        norm: bool = True,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
         self.attn = PolyAttention(
             dim, polynomial, heads=heads, dim_head=dim_head, causal=causal, dropout=dropout, method=method,
             valueless=valueless,
         )
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim) if norm else nn.Identity()
         hidden = max(1, int(round(dim * mlp_ratio)))
         self.mlp = (
             nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
@@ -91,6 +100,9 @@ class PolyTransformer(nn.Module):
         readout: ``"last"`` (logits of the last position, ``[B, classes]``) or ``"all"``
             (per-position logits, ``[B, N, classes]``).
         causal, dropout, method, valueless: passed to every :class:`PolyAttention`.
+        norm: LayerNorm before attention, before the MLP and before the head (``False``: none).
+        embedding: ``"lookup"`` (one learned table per channel, summed) or ``"numeric"`` (a
+            linear map of ``[u, u²]`` per channel, ``[p, p²]`` if ``max_len`` is set, and 1).
     """
 
     def __init__(
@@ -110,8 +122,12 @@ class PolyTransformer(nn.Module):
         dropout: float = 0.0,
         method: str = "auto",
         valueless: Sequence[int] = (),
+        norm: bool = True,
+        embedding: str = "lookup",
     ) -> None:
         super().__init__()
+        if embedding not in ("lookup", "numeric"):
+            raise PolyAttentionError(f"embedding must be 'lookup' or 'numeric', got {embedding!r}")
         if readout not in ("last", "all"):
             raise PolyAttentionError(f"readout must be 'last' or 'all', got {readout!r}")
         if depth < 1:
@@ -130,8 +146,15 @@ class PolyTransformer(nn.Module):
         self.vocab_sizes = tuple(int(v) for v in vocab)
         self.readout = readout
         self.causal = causal
-        self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
-        self.pos = nn.Embedding(max_len, dim) if max_len else None
+        self.embedding = embedding
+        if embedding == "lookup":
+            self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
+            self.pos = nn.Embedding(max_len, dim) if max_len else None
+        else:
+            self.embeds = nn.ModuleList()
+            self.pos = None
+            self.max_len = max_len
+            self.numeric = nn.Linear(2 * len(self.vocab_sizes) + (2 if max_len else 0) + 1, dim)
         self.blocks = nn.ModuleList(
             PolyBlock(
                 dim,
@@ -143,24 +166,42 @@ class PolyTransformer(nn.Module):
                 dropout=dropout,
                 method=method,
                 valueless=valueless,
+                norm=norm,
             )
             for p in polys
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
+
+    def _numeric_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C]`` integers -> ``[B, N, 2C (+2) + 1]`` features ``[u, u², …, (p, p²), 1]``."""
+        dtype = self.numeric.weight.dtype
+        u = tokens.to(dtype) / torch.tensor(self.vocab_sizes, dtype=dtype, device=tokens.device)
+        feats = [u, u * u]
+        b, n, _ = tokens.shape
+        if self.max_len:
+            if n > self.max_len:
+                raise PolyAttentionError(f"sequence length {n} exceeds max_len={self.max_len}")
+            p = (torch.arange(n, dtype=dtype, device=tokens.device) / self.max_len).view(1, n, 1).expand(b, n, 1)
+            feats += [p, p * p]
+        feats.append(torch.ones(b, n, 1, dtype=dtype, device=tokens.device))
+        return torch.cat(feats, -1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``)."""
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(-1)
-        if tokens.dim() != 3 or tokens.shape[-1] != len(self.embeds):
+        if tokens.dim() != 3 or tokens.shape[-1] != len(self.vocab_sizes):
             raise PolyAttentionError(
-                f"tokens must be [batch, seq] or [batch, seq, {len(self.embeds)}] integers, "
+                f"tokens must be [batch, seq] or [batch, seq, {len(self.vocab_sizes)}] integers, "
                 f"got shape {tuple(tokens.shape)}"
             )
-        h = self.embeds[0](tokens[..., 0])
-        for c in range(1, len(self.embeds)):
-            h = h + self.embeds[c](tokens[..., c])
+        if self.embedding == "numeric":
+            h = self.numeric(self._numeric_features(tokens))
+        else:
+            h = self.embeds[0](tokens[..., 0])
+            for c in range(1, len(self.embeds)):
+                h = h + self.embeds[c](tokens[..., c])
         if self.pos is not None:
             n = tokens.shape[1]
             if n > self.pos.num_embeddings:
