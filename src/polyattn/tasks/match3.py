@@ -22,13 +22,20 @@ batch picks training bases and applies a random permutation of positions to each
 their tokens), so no test sequence, nor any permutation of one, is ever trained on.
 Two base distributions:
 
-* ``distribution="uniform"``: i.i.d. uniform values (positives are rare for small ``M / n²``);
+* ``distribution="uniform"``: i.i.d. uniform values (almost every label is 1 unless ``M`` is of
+  the order of ``n²``);
 * ``distribution="binned"`` (the paper's Appendix C.1.3 balancing): candidates draw an alphabet
   of ``k ~ U{1..min(n, M-1)}`` distinct values and fill the ``n`` positions from it uniformly;
   they are kept so that each of the four bins of the per-sequence positive fraction
   (:data:`BIN_EDGES`: ``[0, .25), [.25, .5), [.5, .75), [.75, 1]``) holds a quarter of the
   training and of the test bases (the paper's generator differs in how it skews candidates; the
   bins and the quarter-per-bin balance are the same).
+
+``pair_matches=False`` rejects every base sequence with a *pair-only* match, i.e. positions
+``i, j`` (``i = j`` allowed) with ``2 x_i + x_j ≡ 0``: then every match uses three distinct values,
+no test on pairs of tokens (which one-layer self-attention can express) predicts any label, and
+the rule with distinct positions gives the same labels. Under the binned distribution such
+matches carry 50-90% of the positives, so they set the shortcut a pairwise mechanism can reach.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import numpy as np
 from ..errors import PolyAttentionError
 from .base import IGNORE, Batch, Task, rng_for
 
-__all__ = ["Match3", "match3_labels", "match3_bins", "BIN_EDGES", "DISTRIBUTIONS"]
+__all__ = ["Match3", "match3_labels", "match3_bins", "pair_only_matches", "BIN_EDGES", "DISTRIBUTIONS"]
 
 POOL_STREAM = 2
 #: upper edges of the per-sequence positive-fraction bins (last bin includes 1.0)
@@ -63,6 +70,15 @@ def match3_labels(x: np.ndarray, modulus: int) -> np.ndarray:
     return (np.take_along_axis(pairs, (-xs) % M, axis=1) > 0.5).astype(np.int64)
 
 
+def pair_only_matches(x: np.ndarray, modulus: int) -> np.ndarray:
+    """``[B, n]`` -> bool ``[B, n]``: position ``i`` has a match using only two distinct values,
+    ``2 x_i + x_j ≡ 0`` or ``x_i + 2 x_j ≡ 0 (mod M)`` for some position ``j`` (``O(B · n²)``)."""
+    x = np.asarray(x, dtype=np.int64)
+    a = (2 * x[:, :, None] + x[:, None, :]) % modulus == 0
+    b = (x[:, :, None] + 2 * x[:, None, :]) % modulus == 0
+    return (a | b).any(-1)
+
+
 def match3_bins(labels: np.ndarray) -> np.ndarray:
     """Bin (0..3) of each sequence's fraction of positive scored labels (``[B, N]`` -> ``[B]``)."""
     lab = np.asarray(labels)
@@ -78,7 +94,7 @@ class Match3(Task):
     readout = "all"
 
     def __init__(self, n: int = 16, modulus: int = 128, train_size: int = 20000, test_size: int = 2000,
-                 bos: bool = False, distribution: str = "uniform") -> None:
+                 bos: bool = False, distribution: str = "uniform", pair_matches: bool = True) -> None:
         if n < 3 or modulus < 3:
             raise PolyAttentionError(f"match3 needs n >= 3 and modulus >= 3, got n={n}, modulus={modulus}")
         if train_size < 1 or test_size < 1:
@@ -91,7 +107,7 @@ class Match3(Task):
                                      "divisible by 4 (a quarter per bin)")
         self.n, self.modulus = int(n), int(modulus)
         self.train_size, self.test_size = int(train_size), int(test_size)
-        self.bos, self.distribution = bool(bos), distribution
+        self.bos, self.distribution, self.pair_matches = bool(bos), distribution, bool(pair_matches)
         self.seq_len = self.n + int(self.bos)
         self.num_classes = 2
         self.vocab_sizes = (self.modulus,)  # value 0 is BOS (never a sequence value)
@@ -121,9 +137,24 @@ class Match3(Task):
         pick = (rng.random((size, n)) * k[:, None]).astype(np.int64)  # uniform in [0, k)
         return np.take_along_axis(alphabet, pick, axis=1)
 
+    def _candidates(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Draws of :meth:`_draw` that pass the ``pair_matches`` filter (possibly fewer than ``size``)."""
+        x = self._draw(rng, size)
+        if not self.pair_matches:
+            x = x[~pair_only_matches(x, self.modulus).any(1)]
+        return x
+
     def sample(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Fresh sequences from the base distribution (no split, no bin balancing)."""
-        return self.encode(self._draw(rng, size))
+        x = self._candidates(rng, size)
+        for _ in range(1000):
+            if len(x) >= size:
+                break
+            x = np.concatenate([x, self._candidates(rng, size)])
+        if len(x) < size:
+            raise PolyAttentionError("too few Match3 sequences without pair-only matches; "
+                                     "raise the modulus or lower n")
+        return self.encode(x[:size])
 
     # ------------------------------------------------------------------ finite data
     def split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +163,9 @@ class Match3(Task):
         if self._split is not None:
             return self._split
         key = [POOL_STREAM, self.n, self.modulus, self.train_size, self.test_size]
-        rng = rng_for(*key, *([1] if self.distribution == "binned" else []))
+        key += [1] if self.distribution == "binned" else []
+        key += [] if self.pair_matches else [2]
+        rng = rng_for(*key)
         want = self.train_size + self.test_size
         groups = 1 if self.distribution == "uniform" else 4
         quota = want // groups
@@ -140,8 +173,8 @@ class Match3(Task):
         keys: set[bytes] = set()
         kept: list[list[np.ndarray]] = [[] for _ in range(groups)]
         count = [0] * groups
-        for _ in range(200):  # draw until every group is full (small spaces need more draws)
-            x = self._draw(rng, chunk)
+        for _ in range(400):  # draw until every group is full (small spaces need more draws)
+            x = self._candidates(rng, chunk)
             g = np.zeros(len(x), np.int64) if groups == 1 else match3_bins(match3_labels(x, self.modulus))
             srt = np.sort(x, axis=1)
             for row, key_row, b in zip(x, srt, g):
@@ -158,7 +191,8 @@ class Match3(Task):
         if min(count) < quota:
             raise PolyAttentionError(
                 f"only {sum(count)} distinct Match3 base multisets ({count} per group, {quota} wanted "
-                f"each) for n={self.n}, modulus={self.modulus}, distribution={self.distribution!r}; "
+                f"each) for n={self.n}, modulus={self.modulus}, distribution={self.distribution!r}, "
+                f"pair_matches={self.pair_matches}; "
                 "lower train_size/test_size"
             )
         t_per = self.test_size // groups
@@ -199,4 +233,6 @@ class Match3(Task):
             d["bos"] = True
         if self.distribution != "uniform":
             d["distribution"] = self.distribution
+        if not self.pair_matches:
+            d["pair_matches"] = False
         return d

@@ -53,6 +53,7 @@ class TaskConfig:
     test_size: int | None = None
     bos: bool | None = None  # match3: a BOS token first
     distribution: str | None = None  # match3: "uniform" or "binned"
+    pair_matches: bool | None = None  # match3: False drops sequences with pair-only matches
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -74,7 +75,7 @@ class ModelConfig:
     polynomial: str = "x1*x2"
     valueless: list[int] = field(default_factory=list)
     norm: bool = True  # LayerNorms in the blocks and before the head
-    embedding: str = "lookup"  # "lookup" (tables per channel) or "numeric" ([u, u², (p, p²), 1] -> linear)
+    embedding: str = "lookup"  # "lookup" (tables), "numeric" (raw [x, x², (p, p²), 1] -> linear) or "both"
 
 
 @dataclass
@@ -149,8 +150,8 @@ class TrainConfig:
             raise ConfigError("eval.every and checkpoint_every must be >= 1")
         if o.loss not in ("ce", "bce"):
             raise ConfigError(f"optim.loss must be 'ce' or 'bce', got {o.loss!r}")
-        if self.model.embedding not in ("lookup", "numeric"):
-            raise ConfigError(f"model.embedding must be 'lookup' or 'numeric', got {self.model.embedding!r}")
+        if self.model.embedding not in ("lookup", "numeric", "both"):
+            raise ConfigError(f"model.embedding must be 'lookup', 'numeric' or 'both', got {self.model.embedding!r}")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds = [0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
