@@ -56,7 +56,7 @@ def test_strassen_construction_on_two_fold_composition_training_batches() -> Non
 
 
 def test_tensor_construction_on_match3_training_batches() -> None:
-    task, batches = _batches("match3_bos.toml")
+    task, batches = _batches("match3_triples.toml")
     assert task.bos and task.seq_len == task.n + 1
     model = C.match3_model(task.modulus, seq_len=task.n)  # x1*x2*x3
     positives = 0.0
