@@ -1,10 +1,11 @@
 """Collect the exploratory single-seed Match3 runs (issue 14 part 3) into this directory.
 
 Each run directory (written by ``polyattn train``) holds ``config.json`` and ``metrics/*.jsonl``.
-This copies them to ``runs/<id>/`` here, recomputes the reference rates of each run's test set
-(:func:`polyattn.train.match3_report.reference_rates`) and writes ``explore.md`` (one row per
-run: data, model, optimiser, final and best test accuracy beside the majority, bin-majority and
-pair + bin rates) and ``explore.png`` (test accuracy vs step, one panel per data setting):
+This recomputes the reference rates of each run's test set
+(:func:`polyattn.train.match3_report.reference_rates`) and writes ``explore.json`` (every row
+with its full test-accuracy curve), ``explore.md`` (one row per run: data, model, optimiser,
+final and best test accuracy beside the majority, bin-majority and pair + bin rates) and
+``explore.png`` (test accuracy vs step, one panel per data setting):
 
     PYTHONPATH=src python docs/results/match3_explore/collect.py ID=RUN_DIR[:CELL] ...
     PYTHONPATH=src python docs/results/match3_explore/collect.py --plot-only   # from explore.json
@@ -15,7 +16,6 @@ pair + bin rates) and ``explore.png`` (test accuracy vs step, one panel per data
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -40,10 +40,6 @@ def _row(run_id: str, where: str) -> dict:
     (metrics,) = sorted((run / "metrics").glob(f"{cell or '*'}.jsonl"))
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     mech = {mc.name: mc for mc in cfg.resolved_mechanisms()}[rows[0]["mechanism"]]
-    dst = HERE / "runs" / run_id
-    (dst / "metrics").mkdir(parents=True, exist_ok=True)
-    shutil.copy(run / "config.json", dst / "config.json")
-    shutil.copy(metrics, dst / "metrics" / metrics.name)
     t, m, o = cfg.task, cfg.model, cfg.optim
     return {
         "id": run_id, "mechanism": mech.polynomial,
