@@ -342,3 +342,13 @@ def test_random_forests_decode_like_the_full_forward(parents, edges_off, valuele
     with torch.no_grad():
         inc = _decode(layer, x, min(prefill, n), token_mask=valid)
     torch.testing.assert_close(inc, full.detach(), **TOL)
+
+
+def test_generate_refuses_numeric_embeddings_and_multichannel_tokens():
+    tokens = torch.randint(0, 7, (2, 5))
+    numeric = PolyTransformer(7, 7, dim=8, polynomial="x1*x2 + x2*x3", causal="tree", embedding="numeric")
+    with pytest.raises(PolyAttentionError, match="generate needs embedding='lookup'.*'numeric'"):
+        numeric.generate(tokens, 2)
+    multi = PolyTransformer([7, 3], 7, dim=8, polynomial="x1*x2 + x2*x3", causal="tree")
+    with pytest.raises(PolyAttentionError, match="single-channel tokens .*embeds 2 feature channels"):
+        multi.generate(tokens, 2)

@@ -29,7 +29,7 @@ RANK = {
     "nn": 5,
     "theory": 6,
     "constructions": 6,
-    "tasks": 6,
+    "tasks": 1.5,  # numpy-level task generation, labels and encodings (issue 13)
     "train": 7,
     "bench": 7,
     "demo": 8,

@@ -82,9 +82,10 @@ def test_binary_composition_labels_and_balance() -> None:
 
 
 def _match3_slow(x: list[int], modulus: int) -> list[int]:
+    # DESIGN §6 / Strassen-attention paper: j and k range over all positions (repeats allowed)
     n = len(x)
-    return [int(any((x[i] + x[j] + x[k]) % modulus == 0 for j, k in itertools.permutations(
-        [p for p in range(n) if p != i], 2))) for i in range(n)]
+    return [int(any((x[i] + x[j] + x[k]) % modulus == 0 for j, k in itertools.product(
+        range(n), repeat=2))) for i in range(n)]
 
 
 @pytest.mark.slow

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import polyattn
 from polyattn import PolyAttentionError
+from polyattn.tasks import FunctionComposition, Match3
+from polyattn.tasks.composition import compose
+from polyattn.tasks.match3 import match3_labels
 from polyattn.theory import constructions as C
-from polyattn.theory import instances as I
 from polyattn.theory.report import verify_composition, verify_match3
 
 INSTANCES = 1000
@@ -47,8 +50,9 @@ def test_match3_tensor_exact(M, n, t, count):
 
 
 def test_match3_labels_brute_force():
-    g = torch.Generator().manual_seed(0)
-    values, labels = I.sample_match3(20, 7, 11, generator=g)
+    # the one Match3 rule lives in polyattn.tasks (instances were unified with it)
+    values = np.random.default_rng(0).integers(1, 11, size=(20, 7))
+    labels = match3_labels(values, 11)
     for b in range(20):
         v = values[b].tolist()
         want = [int(any((x + y + z) % 11 == 0 for y in v for z in v)) for x in v]
@@ -56,13 +60,15 @@ def test_match3_labels_brute_force():
 
 
 def test_composition_encoding_layout():
-    tables = torch.tensor([[[1, 2, 0], [2, 2, 1]]])  # r=2, m=3
-    x = torch.tensor([2])
-    assert I.compose(tables, x).tolist() == [2]  # f1(2) = 0, f2(0) = 2
-    tok = I.encode_composition(tables, x, shuffle=False)
+    # layout of polyattn.tasks.FunctionComposition: (value, index, table), query (x, m, r) last
+    tables = np.array([[[1, 2, 0], [2, 2, 1]]])  # r=2, m=3
+    x = np.array([2])
+    assert compose(tables, x).tolist() == [2]  # f1(2) = 0, f2(0) = 2
+    tok, y = FunctionComposition(2, 3).encode(tables, x)
+    assert y.tolist() == [2]
     assert tok.shape == (1, 2 * 3 + 1, 3)
-    assert tok[0, -1].tolist() == [0, 2, 0]  # query token last
-    assert tok[0, 0].tolist() == [1, 0, 1] and tok[0, 3].tolist() == [2, 0, 2]
+    assert tok[0, -1].tolist() == [2, 3, 2]  # query token last
+    assert tok[0, 0].tolist() == [1, 0, 0] and tok[0, 3].tolist() == [2, 0, 1]
 
 
 def test_model_is_one_layer_one_head_float64():
@@ -70,7 +76,7 @@ def test_model_is_one_layer_one_head_float64():
     assert model.polynomial == polyattn.polynomial.path(2)
     assert all(w.dtype == torch.float64 for w in model.w_q)
     assert len(model.w_q) == 3 and len(model.w_v) == 2
-    tok = I.encode_composition(*I.sample_composition(4, 2, 5)[:2])
+    tok = FunctionComposition(2, 5).train_batch(0, 0, 4).tokens
     assert model.predict(tok).shape == (4, 1)
     # the reference (brute force, the specification) gives the same answer
     assert torch.equal(model.predict(tok, method="reference"), model.predict(tok))
@@ -95,4 +101,4 @@ def test_bad_options():
     with pytest.raises(PolyAttentionError, match=r"tokens must be \[batch, seq, 3\]"):
         C.composition_model(1, 4).predict(torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(PolyAttentionError, match="values must lie in 1..10"):
-        I.encode_match3(torch.tensor([[0, 3]]), 11)
+        Match3(n=3, modulus=11, bos=True).encode(np.array([[0, 3, 4]]))

@@ -104,9 +104,13 @@ def generate(
 
     Runs under ``torch.no_grad()``; call ``model.eval()`` first (dropout stays as the module is).
     """
-    if len(model.embeds) != 1:
+    if model.embedding != "lookup":
         raise PolyAttentionError(
-            f"generate needs single-channel tokens [batch, seq]; this model embeds {len(model.embeds)} "
+            f"generate needs embedding='lookup' (a table per token id); this model uses embedding={model.embedding!r}"
+        )
+    if len(model.vocab_sizes) != 1:
+        raise PolyAttentionError(
+            f"generate needs single-channel tokens [batch, seq]; this model embeds {len(model.vocab_sizes)} "
             "feature channels per token"
         )
     classes = model.head.out_features

@@ -12,6 +12,20 @@ Architecture (``L`` blocks, width ``dim``)::
 Tokens may carry several integer feature channels (``[B, N, C]``, channel ``c`` with its own
 vocabulary size), e.g. (value, index, table id) in function composition; their embeddings are
 summed. Cost per layer: the attention's planned cost plus ``O(N · dim²)`` for projections/MLP.
+
+``embedding="numeric"`` replaces the lookup tables by one linear map of hand-made numeric features
+(the Strassen-attention paper's Match3 embedding ``[position, value, value², 1]``, generalised)::
+
+    h_0 = W [x, x², (p, p²), 1] + b       x = the integer channels, p = position (if max_len is set)
+
+in raw integer units, as in the paper: a quadratic form in the integers (e.g.
+``-(x_i + x_j + x_k - M)²``, whose gap between a match and a near miss is 1) is then a bilinear
+form in the features with O(1) coefficients. (Normalising the features to [0, 1] shrinks that gap
+to ``1/M²``; in our Match3 runs learning then stalled.) ``W``'s columns are initialised divided
+by the feature's largest value, so ``h_0`` is O(1) at initialisation. ``embedding="both"`` adds
+the lookup tables to the numeric map, so special tokens (e.g. a BOS token) get free vectors while
+values keep their integer structure. ``norm=False`` removes every LayerNorm (blocks and the final
+one).
 """
 
 from __future__ import annotations
@@ -27,11 +41,13 @@ from ..polynomial import AttentionPolynomial
 from .attention import PolyAttention
 from .generate import generate
 
-__all__ = ["PolyTransformer", "PolyBlock"]
+__all__ = ["PolyTransformer", "PolyBlock", "EMBEDDINGS"]
+
+EMBEDDINGS = ("lookup", "numeric", "both")
 
 
 class PolyBlock(nn.Module):
-    """One pre-norm block: ``x + attn(LN x)`` then ``x + MLP(LN x)``."""
+    """One pre-norm block: ``x + attn(LN x)`` then ``x + MLP(LN x)`` (``norm=False``: no LN)."""
 
     def __init__(
         self,
@@ -46,14 +62,15 @@ class PolyBlock(nn.Module):
         method: str,
         valueless: Sequence[int] = (),
         value_placement: str | Mapping[int, str] = "own",
+        norm: bool = True,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
         self.attn = PolyAttention(
             dim, polynomial, heads=heads, dim_head=dim_head, causal=causal, dropout=dropout, method=method,
             valueless=valueless, value_placement=value_placement,
         )
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim) if norm else nn.Identity()
         hidden = max(1, int(round(dim * mlp_ratio)))
         self.mlp = (
             nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
@@ -107,6 +124,10 @@ class PolyTransformer(nn.Module):
         readout: ``"last"`` (logits of the last position, ``[B, classes]``) or ``"all"``
             (per-position logits, ``[B, N, classes]``).
         causal, dropout, method, valueless, value_placement: passed to every :class:`PolyAttention`.
+        norm: LayerNorm before attention, before the MLP and before the head (``False``: none).
+        embedding: ``"lookup"`` (one learned table per channel, summed), ``"numeric"`` (a
+            linear map of the raw integers ``[x, x²]`` per channel, ``[p, p²]`` if ``max_len`` is
+            set, and 1) or ``"both"`` (their sum).
     """
 
     def __init__(
@@ -127,8 +148,13 @@ class PolyTransformer(nn.Module):
         method: str = "auto",
         valueless: Sequence[int] = (),
         value_placement: str | Mapping[int, str] = "own",
+        norm: bool = True,
+        embedding: str = "lookup",
     ) -> None:
         super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise PolyAttentionError(
+                f"embedding must be one of {', '.join(repr(e) for e in EMBEDDINGS)}, got {embedding!r}")
         if readout not in ("last", "all"):
             raise PolyAttentionError(f"readout must be 'last' or 'all', got {readout!r}")
         if depth < 1:
@@ -147,8 +173,20 @@ class PolyTransformer(nn.Module):
         self.vocab_sizes = tuple(int(v) for v in vocab)
         self.readout = readout
         self.causal = causal
-        self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes)
-        self.pos = nn.Embedding(max_len, dim) if max_len else None
+        self.embedding = embedding
+        self.max_len = max_len
+        lookup = embedding in ("lookup", "both")
+        self.embeds = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab_sizes) if lookup else nn.ModuleList()
+        self.pos = nn.Embedding(max_len, dim) if max_len and embedding == "lookup" else None
+        self.numeric = None
+        if embedding != "lookup":
+            top = [float(v - 1) for v in self.vocab_sizes]
+            top = [max(t, 1.0) for t in top + [t * t for t in top]]
+            if max_len:
+                top += [float(max(max_len - 1, 1)), float(max(max_len - 1, 1)) ** 2]
+            self.numeric = nn.Linear(len(top) + 1, dim)
+            with torch.no_grad():  # each raw feature contributes O(1) at initialisation
+                self.numeric.weight[:, :-1] /= torch.tensor(top)
         self.blocks = nn.ModuleList(
             PolyBlock(
                 dim,
@@ -161,11 +199,27 @@ class PolyTransformer(nn.Module):
                 method=method,
                 valueless=valueless,
                 value_placement=value_placement,
+                norm=norm,
             )
             for p in polys
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
+
+    def _numeric_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C]`` integers -> ``[B, N, 2C (+2) + 1]`` features ``[x, x², (p, p²), 1]``."""
+        assert self.numeric is not None
+        dtype = self.numeric.weight.dtype
+        x = tokens.to(dtype)
+        feats = [x, x * x]
+        b, n, _ = tokens.shape
+        if self.max_len:
+            if n > self.max_len:
+                raise PolyAttentionError(f"sequence length {n} exceeds max_len={self.max_len}")
+            p = torch.arange(n, dtype=dtype, device=tokens.device).view(1, n, 1).expand(b, n, 1)
+            feats += [p, p * p]
+        feats.append(torch.ones(b, n, 1, dtype=dtype, device=tokens.device))
+        return torch.cat(feats, -1)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens``: ``[B, N]`` or ``[B, N, C]`` integer features → logits (see ``readout``).
@@ -175,14 +229,15 @@ class PolyTransformer(nn.Module):
         """
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(-1)
-        if tokens.dim() != 3 or tokens.shape[-1] != len(self.embeds):
+        if tokens.dim() != 3 or tokens.shape[-1] != len(self.vocab_sizes):
             raise PolyAttentionError(
-                f"tokens must be [batch, seq] or [batch, seq, {len(self.embeds)}] integers, "
+                f"tokens must be [batch, seq] or [batch, seq, {len(self.vocab_sizes)}] integers, "
                 f"got shape {tuple(tokens.shape)}"
             )
-        h = self.embeds[0](tokens[..., 0])
-        for c in range(1, len(self.embeds)):
-            h = h + self.embeds[c](tokens[..., c])
+        parts = [emb(tokens[..., c]) for c, emb in enumerate(self.embeds)]
+        if self.numeric is not None:
+            parts.append(self.numeric(self._numeric_features(tokens)))
+        h = sum(parts[1:], parts[0])
         if self.pos is not None:
             n = tokens.shape[1]
             if n > self.pos.num_embeddings:

@@ -2,10 +2,10 @@
 
 * :func:`analyze` — complexity and expressivity of any polynomial (DESIGN §1.4–§1.5);
 * :mod:`.constructions` — hand-set one-layer, one-head models that provably solve r-fold
-  function composition and Match3, with their instance encoders;
+  function composition and Match3 on the token layouts of :mod:`polyattn.tasks`;
 * :mod:`.measure` — time the planned exact algorithm over n and fit the exponent.
 
-Imports only ``polynomial``, ``planning``, ``functional`` and ``ops`` (DESIGN §3).
+Imports only ``polynomial``, ``planning``, ``tasks``, ``functional`` and ``ops`` (DESIGN §3).
 """
 
 from .analyze import AnalysisReport, analyze

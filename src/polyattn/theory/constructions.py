@@ -1,6 +1,7 @@
 """Explicit one-layer, one-head poly-attention models with hand-set weights (DESIGN §1.4–§1.5).
 
-Every model is ``embedding -> poly_attention -> linear readout``:
+Every model is ``embedding -> poly_attention -> linear readout`` and runs on the token layouts of
+:mod:`polyattn.tasks` (the batches ``polyattn train`` feeds its models):
 
 * **embedding**: a token is a tuple of integer fields; its embedding is the sum of one lookup
   table per field (like token + position embeddings), ``E[token] = sum_f T_f[token[f]]`` in
@@ -10,33 +11,41 @@ Every model is ``embedding -> poly_attention -> linear readout``:
   folded into the weights), float64 so that the large "hard-softmax" scales are exact;
 * **readout**: ``logits = out @ R + c`` at the query position(s), prediction = ``argmax``.
 
-Constructions (each with its own instance encoder, see :mod:`.instances`):
+Constructions:
 
-* :func:`composition_model` — r-fold function composition ``f_r(...f_1(x))`` with the path
-  ``h_r`` (any ``r``, any domain size ``m``) or with any polynomial containing the path edges
+* :func:`composition_model` — r-fold function composition ``f_r(...f_1(x))`` on
+  :class:`polyattn.tasks.FunctionComposition` tokens ``(value, index, table)`` with the path
+  ``h_r`` (any ``r``, any ``m``) or with any polynomial containing the path edges
   ``x1*x2, x2*x3, ..., xr*x(r+1)`` (e.g. Strassen attention for ``r = 2``).
-* :func:`match3_model` — Match3 mod ``M`` with tensor attention ``x1*x2*...*xt`` (``t >= 3``).
+* :func:`match3_model` — Match3 mod ``M`` on :class:`polyattn.tasks.Match3` tokens with
+  ``bos=True`` (``[BOS, v_1..v_n]``), with tensor attention ``x1*x2*...*xt`` (``t >= 3``).
 
-Why the composition model is exact. Edge ``(x_j, x_{j+1})`` owns a private 4-coordinate block of
-the head dimension. There ``Q_j`` holds ``[u, u^2, 1, 1]`` where ``u`` is the number ``x_j``
-*points to* (the query's ``x`` for ``j = 1``, else the selected entry's value ``f_{j-1}(a)``) and
-``Q_{j+1}`` holds ``lam * [2a, -1, -a^2, -[table != j]]`` where ``a`` is the entry's index. Their
-product is ``-lam * ((u - a)^2 + [table != j])``: zero for the one correct entry of table ``j``
-and ``<= -lam`` for every other token. Summing the ``r`` edges, the unique correct tuple (the
-chain ``x -> f_1(x) -> ... -> f_r(...)``) has logit ``0`` and every other tuple ``<= -lam``; with
-``lam = r ln n + 40`` the softmax puts mass ``>= 1 - e^-40`` on it. The value of ``x_{r+1}`` is its
-entry's value ``b`` (one channel), all other values are 1, so the output is ``b* +- m e^-40``; the
-readout ``logit_c = 2 c y - c^2`` (= ``-(y - c)^2`` up to a class-independent term) picks the
-nearest integer. Monomials outside the path get no coordinates, so they contribute 0.
+Why the composition model is exact. Entry ``f_{i+1}(a) = b`` is the token ``(b, a, i)``; the query
+is ``(x, m, r)``, last. Edge ``(x_j, x_{j+1})`` owns a private 4-coordinate block of the head
+dimension. There ``Q_j`` holds ``[u, u^2, 1, 1]`` where ``u`` is the token's *value* field (the
+query's ``x`` for ``j = 1``, else the selected entry's value ``f_{j-1}(a)``: the number ``x_j``
+points to) and ``Q_{j+1}`` holds ``lam * [2a, -1, -a^2, -[table != j-1]]`` where ``a`` is the
+token's index field. Their product is ``-lam * ((u - a)^2 + [table != j-1])``: zero for the one
+correct entry of table ``j-1`` and ``<= -lam`` for every other token (the query token has table id
+``r``). Summing the ``r`` edges, the unique correct tuple (the chain ``x -> f_1(x) -> ...``) has
+logit ``0`` and every other tuple ``<= -lam``; with ``lam = r ln n + 40`` the softmax puts mass
+``>= 1 - e^-40`` on it. The value of ``x_{r+1}`` is its token's value ``b`` (one channel), all other
+values are 1, so the output is ``b* +- m e^-40``; the readout ``logit_c = 2 c y - c^2``
+(= ``-(y - c)^2`` up to a class-independent term) picks the nearest integer. Monomials outside
+the path get no coordinates, so they contribute 0.
 
-Why the Match3 model is exact. With ``z = exp(2 pi i v / M)`` for a token of value ``v``,
-``Re(z_1 z_2 z_3)`` is a trilinear form (4 coordinates) equal to 1 iff ``v_1 + v_2 + v_3 = 0 mod M``
-and ``<= cos(2 pi / M) = 1 - delta`` otherwise. A BOS token has ``z = 0`` and adds a fifth
-coordinate that gives the tuple ``(i, BOS, BOS)`` the logit ``tau = 1 - delta/2``; mixed tuples get
-0. Scaled by ``lam``, the softmax of query ``i`` concentrates on matching tuples if one exists,
-otherwise on ``(BOS, BOS)``. Values are ``[token is not BOS]``, so the output is ``~1`` or ``~0``
-and the readout thresholds at 1/2. Extra variables ``x4..xt`` get all-ones query rows (``4``-
-tensor with ``Q_4 = 1`` is 3-tensor) and all-ones values.
+Why the Match3 model is exact (rule of :mod:`polyattn.tasks.match3`: ``j, k`` range over all
+positions). With ``z = exp(2 pi i v / M)`` for a token of value ``v``, ``Re(z_1 z_2 z_3)`` is a
+trilinear form (4 coordinates) equal to 1 iff ``v_1 + v_2 + v_3 = 0 mod M`` and
+``<= cos(2 pi / M) = 1 - delta`` otherwise. A BOS token has ``z = 0`` and adds a fifth coordinate
+that gives the tuple ``(i, BOS, BOS)`` the logit ``tau = 1 - delta/2``; mixed tuples get 0. Scaled
+by ``lam``, the softmax of query ``i`` concentrates on matching tuples if one exists, otherwise on
+``(BOS, BOS)``. Values are ``[token is not BOS]``, so the output is ``~1`` or ``~0`` and the
+readout thresholds at 1/2. Extra variables ``x4..xt`` get all-ones query rows (``4``-tensor with
+``Q_4 = 1`` is 3-tensor) and all-ones values. Without a BOS token no such model exists: the output
+is a convex combination of tuple values ``V_j * V_k`` that do not depend on the query, and every
+tuple of two values is a match for some query value, so no linear readout separates "match" from
+"no match".
 """
 
 from __future__ import annotations
@@ -49,7 +58,6 @@ import torch
 from ..errors import PolyAttentionError
 from ..functional import poly_attention
 from ..polynomial import AttentionPolynomial, parse, path
-from . import instances as I
 
 __all__ = [
     "OneLayerModel",
@@ -123,8 +131,8 @@ def composition_model(
 
     ``polynomial`` defaults to the path ``h_r``; any polynomial containing the monomials
     ``x1*x2, ..., xr*x(r+1)`` works (others get zero weight), e.g. ``"x1*x2+x2*x3+x1*x3"``
-    (Strassen) for ``r = 2``. Instances come from :func:`polyattn.theory.instances.encode_composition`
-    (sequence length ``r*m + 1``; the query token is last).
+    (Strassen) for ``r = 2``. Tokens are those of :class:`polyattn.tasks.FunctionComposition`
+    ``(r, m)``: ``[B, r*m + 1, 3]`` fields ``(value, index, table)``, the query token last.
     """
     r = _check_int("r", r, 1)
     m = _check_int("m", m, 1)
@@ -141,34 +149,34 @@ def composition_model(
     t = p.num_variables
     n = r * m + 1
     lam = r * math.log(n) + COMPOSITION_MARGIN
-    # embedding features
+    # embedding features: value field -> (B, B2), index field -> (A, A2), table field -> CONST + one-hot
     CONST, A, A2, B, B2 = 0, 1, 2, 3, 4
-    TAB = 5  # one-hot of table id 0..r (0 = query token)
+    TAB = 5  # one-hot of the table id 0..r (r = the query token)
     D = TAB + r + 1
+    val = torch.zeros(m, D, dtype=_DT)
+    vals = torch.arange(m, dtype=_DT)
+    val[:, B], val[:, B2] = vals, vals**2
+    idx = torch.zeros(m + 1, D, dtype=_DT)  # index m marks the query ("no index")
+    ivals = torch.arange(m + 1, dtype=_DT)
+    idx[:, A], idx[:, A2] = ivals, ivals**2
     tab = torch.zeros(r + 1, D, dtype=_DT)
     tab[:, CONST] = 1.0
     tab[torch.arange(r + 1), TAB + torch.arange(r + 1)] = 1.0
-    idx = torch.zeros(m, D, dtype=_DT)
-    vals = torch.arange(m, dtype=_DT)
-    idx[:, A], idx[:, A2] = vals, vals**2
-    val = torch.zeros(m, D, dtype=_DT)
-    val[:, B], val[:, B2] = vals, vals**2
     d = 4 * r
     w_q = [torch.zeros(D, d, dtype=_DT) for _ in range(t)]
     for j in range(1, r + 1):  # edge (x_j, x_{j+1}) owns block 4(j-1) .. 4j-1
         blk = 4 * (j - 1)
-        parent = w_q[j - 1]
-        u, u2 = (A, A2) if j == 1 else (B, B2)
-        parent[u, blk] = 1.0
-        parent[u2, blk + 1] = 1.0
+        parent = w_q[j - 1]  # points to its value field u: [u, u^2, 1, 1]
+        parent[B, blk] = 1.0
+        parent[B2, blk + 1] = 1.0
         parent[CONST, blk + 2] = 1.0
         parent[CONST, blk + 3] = 1.0
-        child = w_q[j]
+        child = w_q[j]  # an entry of table j-1 with index a: lam * [2a, -1, -a^2, -[table != j-1]]
         child[A, blk] = 2.0 * lam
         child[CONST, blk + 1] = -lam
         child[A2, blk + 2] = -lam
-        child[CONST, blk + 3] = -lam  # -lam * (1 - [table == j])
-        child[TAB + j, blk + 3] = lam
+        child[CONST, blk + 3] = -lam
+        child[TAB + j - 1, blk + 3] = lam
     w_v = []
     for j in range(2, t + 1):
         u = torch.zeros(D, 1, dtype=_DT)
@@ -181,7 +189,7 @@ def composition_model(
     readout = (2.0 * cls).unsqueeze(0)
     bias = -(cls**2)
     return OneLayerModel(
-        p, (tab, idx, val), tuple(w_q), tuple(w_v), readout, bias, "last",
+        p, (val, idx, tab), tuple(w_q), tuple(w_v), readout, bias, "last",
         description=f"{r}-fold composition over [{m}] with {p} (lambda = {lam:.1f})",
     )
 
@@ -192,9 +200,9 @@ def match3_model(
 ) -> OneLayerModel:
     """One-head model solving Match3 mod ``modulus`` for sequences of up to ``seq_len`` tokens.
 
-    ``mechanism="tensor"`` uses ``x1*x2*...*xt`` (``t >= 3``). Instances come from
-    :func:`polyattn.theory.instances.encode_match3` (a BOS token, then the values); the model
-    predicts a label for every position (position 0, BOS, is ignored).
+    ``mechanism="tensor"`` uses ``x1*x2*...*xt`` (``t >= 3``). Tokens are those of
+    :class:`polyattn.tasks.Match3` with ``bos=True`` (``[B, n + 1, 1]``: BOS = 0, then the values);
+    the model predicts a label for every position (BOS's label is ``IGNORE`` in the task).
     """
     if mechanism not in MATCH3_MECHANISMS:
         raise PolyAttentionError(
@@ -241,11 +249,3 @@ def match3_model(
         p, (table,), w_q, w_v, readout, bias, "all",
         description=f"Match3 mod {M} with {p} (lambda = {lam:.3g}, seq_len <= {seq_len})",
     )
-
-
-# convenience re-exports of the instance encoders
-sample_composition = I.sample_composition
-encode_composition = I.encode_composition
-sample_match3 = I.sample_match3
-encode_match3 = I.encode_match3
-__all__ += ["sample_composition", "encode_composition", "sample_match3", "encode_match3"]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..tasks import FunctionComposition, Match3, rng_for
 from . import constructions as C
 from .analyze import analyze
 
@@ -80,17 +81,17 @@ def verify_composition(
     rs: Sequence[int] = (1, 2, 3, 4), ms: Sequence[int] = (8, 25, 64), *, instances: int = 1000,
     seed: int = 0, polynomial: str | None = None,
 ) -> list[dict]:
-    """Accuracy of :func:`composition_model` on random instances for each (r, m)."""
-    g = torch.Generator().manual_seed(seed)
+    """Accuracy of :func:`composition_model` on training batches of
+    :class:`polyattn.tasks.FunctionComposition` ``(r, m)`` (``train_batch(seed, 0, instances)``)."""
     out = []
     for r in rs:
         for m in ms:
             t0 = time.perf_counter()
             model = C.composition_model(r, m, polynomial=polynomial)
-            tables, x, y = C.sample_composition(instances, r, m, generator=g)
-            tokens = C.encode_composition(tables, x, generator=g)
-            y_hat = model.attend(tokens)[:, 0, 0]
-            pred = model.predict(tokens)[:, 0]
+            batch = FunctionComposition(r, m).train_batch(seed, 0, instances)
+            y = batch.labels
+            y_hat = model.attend(batch.tokens)[:, 0, 0]
+            pred = model.predict(batch.tokens)[:, 0]
             out.append({
                 "polynomial": str(model.polynomial), "r": r, "m": m, "seq_len": r * m + 1,
                 "instances": instances, "accuracy": float((pred == y).double().mean()),
@@ -103,14 +104,15 @@ def verify_match3(
     configs: Sequence[tuple[int, int, int]] = ((31, 6, 3), (97, 12, 3), (257, 32, 3), (31, 6, 4)),
     *, instances: int = 1000, seed: int = 0,
 ) -> list[dict]:
-    """Accuracy of :func:`match3_model` for each (modulus, seq_len, t) on random instances."""
-    g = torch.Generator().manual_seed(seed)
+    """Accuracy of :func:`match3_model` for each (modulus, n, t) on fresh i.i.d. sequences of
+    :class:`polyattn.tasks.Match3` ``(n, modulus, bos=True)`` (its ``sample``)."""
     out = []
     for M, n, t in configs:
         t0 = time.perf_counter()
         model = C.match3_model(M, t=t, seq_len=n)
-        values, labels = C.sample_match3(instances, n, M, generator=g)
-        tokens = C.encode_match3(values, M)
+        task = Match3(n=n, modulus=M, bos=True)
+        tok, lab = task.sample(rng_for(seed, M, n, t), instances)
+        tokens, labels = torch.from_numpy(tok), torch.from_numpy(lab)[:, 1:]
         y_hat = model.attend(tokens)[:, 1:, 0]
         pred = model.predict(tokens)[:, 1:]
         out.append({

@@ -51,6 +51,9 @@ class TaskConfig:
     p: float | None = None
     train_size: int | None = None
     test_size: int | None = None
+    bos: bool | None = None  # match3: a BOS token first
+    distribution: str | None = None  # match3: "uniform" or "binned"
+    pair_matches: bool | None = None  # match3: False drops sequences with pair-only matches
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -71,6 +74,8 @@ class ModelConfig:
     method: str = "auto"
     polynomial: str = "x1*x2"
     valueless: list[int] = field(default_factory=list)
+    norm: bool = True  # LayerNorms in the blocks and before the head
+    embedding: str = "lookup"  # "lookup" (tables), "numeric" (raw [x, x², (p, p²), 1] -> linear) or "both"
 
 
 @dataclass
@@ -95,6 +100,7 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     grad_clip: float = 1.0
+    loss: str = "ce"  # "ce" (softmax cross-entropy) or "bce" (one logit, binary tasks only)
 
 
 @dataclass
@@ -144,6 +150,10 @@ class TrainConfig:
             raise ConfigError("optim.steps, optim.batch_size and optim.lr must be positive")
         if self.eval.every < 1 or self.checkpoint_every < 1:
             raise ConfigError("eval.every and checkpoint_every must be >= 1")
+        if o.loss not in ("ce", "bce"):
+            raise ConfigError(f"optim.loss must be 'ce' or 'bce', got {o.loss!r}")
+        if self.model.embedding not in ("lookup", "numeric", "both"):
+            raise ConfigError(f"model.embedding must be 'lookup', 'numeric' or 'both', got {self.model.embedding!r}")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds = [0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
@@ -160,8 +170,13 @@ class TrainConfig:
         d = config_to_dict(self)
         for k in ("out_dir", "progress", "threads", "name", "seeds", "mechanisms"):
             d.pop(k, None)
-        if not d["model"]["valueless"]:  # keeps fingerprints of runs made before this option
+        # options at their defaults are left out: keeps fingerprints of runs made before them
+        if not d["model"]["valueless"]:
             del d["model"]["valueless"]
+        for sec, key, default in (("model", "norm", True), ("model", "embedding", "lookup"),
+                                  ("optim", "loss", "ce")):
+            if d[sec][key] == default:
+                del d[sec][key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,7 +2,8 @@
 
 Per step ``s`` the global batch is ``task.train_batch(seed, s, batch_size)`` (a pure function of
 ``(seed, s)``); rank ``r`` of ``W`` trains on rows ``[r·B/W, (r+1)·B/W)``. Loss is cross-entropy
-(per token for per-position tasks). The learning rate warms up linearly for ``warmup_steps`` and
+(per token for per-position tasks), or with ``optim.loss = "bce"`` (binary tasks) binary
+cross-entropy on a single logit per scored position (prediction: logit > 0). The learning rate warms up linearly for ``warmup_steps`` and
 then follows a cosine to ``lr · min_lr_ratio``. Every ``eval.every`` steps (and at step 0 and the
 end) the model is evaluated on the held-out test set and a metrics row is appended to
 ``metrics/<cell>.jsonl``. Every ``checkpoint_every`` steps a checkpoint holding the model,
@@ -33,7 +34,7 @@ from .config import ConfigError, MechanismConfig, TrainConfig
 from .distributed import DistInfo
 from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, load_checkpoint, save_checkpoint
 
-__all__ = ["build_model", "lr_at", "evaluate", "train_cell", "cell_name", "CellPaths"]
+__all__ = ["build_model", "lr_at", "evaluate", "predict", "train_cell", "cell_name", "CellPaths"]
 
 
 def cell_name(mechanism: str, seed: int) -> str:
@@ -57,9 +58,11 @@ class CellPaths:
 def build_model(cfg: TrainConfig, mech: MechanismConfig, task: Task) -> PolyTransformer:
     """The :class:`PolyTransformer` for ``mech`` on ``task`` (parameters from the current RNG)."""
     m = cfg.model
+    if cfg.optim.loss == "bce" and task.num_classes != 2:
+        raise ConfigError(f"optim.loss = 'bce' needs a binary task; {task.name} has {task.num_classes} classes")
     return PolyTransformer(
         task.vocab_sizes,
-        task.num_classes,
+        1 if cfg.optim.loss == "bce" else task.num_classes,
         dim=mech.dim or m.dim,
         depth=mech.depth or m.depth,
         polynomial=mech.polynomial or m.polynomial,
@@ -72,6 +75,8 @@ def build_model(cfg: TrainConfig, mech: MechanismConfig, task: Task) -> PolyTran
         method=m.method,
         valueless=list(m.valueless if mech.valueless is None else mech.valueless),
         value_placement=mech.value_placement or "own",
+        norm=m.norm,
+        embedding=m.embedding,
     )
 
 
@@ -84,18 +89,31 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predict(logits: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Class predictions from model logits: argmax, or ``logit > 0`` for a one-logit BCE model."""
+    return (logits[..., 0] > 0).long() if loss == "bce" else logits.argmax(-1)
+
+
+def _loss_and_correct(logits: torch.Tensor, labels: torch.Tensor,
+                      loss_kind: str = "ce") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean loss, number of correct scored positions, number of scored positions."""
-    flat = logits.reshape(-1, logits.shape[-1])
     lab = labels.reshape(-1)
-    loss = F.cross_entropy(flat, lab, ignore_index=IGNORE)
     keep = lab != IGNORE
-    correct = ((flat.argmax(-1) == lab) & keep).sum()
+    if loss_kind == "bce":
+        flat = logits.reshape(-1)
+        loss = F.binary_cross_entropy_with_logits(flat[keep], lab[keep].to(flat.dtype))
+        pred = (flat > 0).long()
+    else:
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = F.cross_entropy(flat, lab, ignore_index=IGNORE)
+        pred = flat.argmax(-1)
+    correct = ((pred == lab) & keep).sum()
     return loss, correct, keep.sum()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test: Batch, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, test: Batch, batch_size: int, device: torch.device,
+             loss: str = "ce") -> dict[str, float]:
     """Accuracy over scored positions (``acc``), whole-sequence accuracy (``seq_acc``) and loss."""
     was = model.training
     model.eval()
@@ -104,11 +122,11 @@ def evaluate(model: nn.Module, test: Batch, batch_size: int, device: torch.devic
         b = test.slice(slice(i, i + batch_size))
         tokens, labels = b.tokens.to(device), b.labels.to(device)
         logits = model(tokens)
-        loss, correct, n = _loss_and_correct(logits, labels)
-        tot_loss += float(loss) * float(n)
+        lval, correct, n = _loss_and_correct(logits, labels, loss)
+        tot_loss += float(lval) * float(n)
         tot_correct += float(correct)
         tot_n += float(n)
-        ok = (logits.argmax(-1) == labels) | (labels == IGNORE)
+        ok = (predict(logits, loss) == labels) | (labels == IGNORE)
         seq_ok += float(ok.reshape(ok.shape[0], -1).all(-1).sum())
     model.train(was)
     return {"test_acc": tot_correct / max(tot_n, 1.0), "test_seq_acc": seq_ok / max(len(test), 1),
@@ -202,7 +220,7 @@ def train_cell(
     base = {"mechanism": mech.name, "seed": seed}
     if step == 0 and not history:
         record({**base, "step": 0, "seconds": 0.0, "lr": 0.0, "train_loss": None, "train_acc": None,
-                **evaluate(model, test, cfg.eval.batch_size, device)})
+                **evaluate(model, test, cfg.eval.batch_size, device, cfg.optim.loss)})
     steps = cfg.optim.steps
     pbar = None
     if main and cfg.progress:
@@ -223,7 +241,7 @@ def train_cell(
             g["lr"] = lr
         b = task.train_batch(seed, step, gbs).slice(slice(lo, hi))
         logits = ddp(b.tokens.to(device))
-        loss, correct, n = _loss_and_correct(logits, b.labels.to(device))
+        loss, correct, n = _loss_and_correct(logits, b.labels.to(device), cfg.optim.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip > 0:
@@ -236,7 +254,7 @@ def train_cell(
         run_correct += float(correct)
         run_n += float(n)
         if step % cfg.eval.every == 0 or step == steps:
-            ev = evaluate(model, test, cfg.eval.batch_size, device)
+            ev = evaluate(model, test, cfg.eval.batch_size, device, cfg.optim.loss)
             record({**base, "step": step, "seconds": seconds, "lr": lr,
                     "train_loss": run_loss / max(run_n, 1), "train_acc": run_correct / max(run_n, 1), **ev})
             run_loss = run_correct = run_n = 0.0
