@@ -41,7 +41,7 @@ from ..errors import PolyAttentionError
 from ..planning import plan_cubic
 from . import threads, trace
 
-__all__ = ["rowwise_cubic", "LOG2E", "fold_vmap", "no_double_backward"]
+__all__ = ["rowwise_cubic", "LOG2E", "fold_vmap", "DOUBLE_BACKWARD"]
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -250,38 +250,11 @@ def _parallel(q1: torch.Tensor, q2: torch.Tensor, q3: torch.Tensor) -> bool:
     return q1.shape[0] * q1.shape[1] * q2.shape[1] * q3.shape[1] >= plan_cubic.PARALLEL_MIN_TUPLES
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward refuses: the fused cubic gradients cannot be differentiated again."""
-
-    @staticmethod
-    def forward(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return xs
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        pass
-
-    @staticmethod
-    def backward(ctx, *gs: torch.Tensor):  # noqa: ANN001, ANN205
-        _refuse_double_backward()
-
-
-def _refuse_double_backward() -> None:
-    raise PolyAttentionError(
-        "double backward through a fused cubic kernel (the triangle x1*x2 + x1*x3 + x2*x3 or "
-        "x1*x2*x3 without masks) is not supported: its backward recomputes per block without a "
-        "graph. Methods that support double backward here: 'reference'"
-    )
-
-
-def no_double_backward(grads: tuple[torch.Tensor | None, ...], anchor: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    """Under ``create_graph=True``: connect ``grads`` (computed without a graph) to ``anchor``, an
-    input that requires grad, through a node whose backward raises, so that differentiating them
-    again fails with a clear error instead of silently giving zero."""
-    if not torch.is_grad_enabled() or not anchor.requires_grad:
-        return grads
-    marked = iter(_NoDoubleBackward.apply(anchor, *(x for x in grads if x is not None))[1:])
-    return tuple(next(marked) if x is not None else None for x in grads)
+DOUBLE_BACKWARD = (
+    "double backward through a fused cubic kernel (the triangle x1*x2 + x1*x3 + x2*x3 or "
+    "x1*x2*x3 without masks) is not supported: its backward recomputes per block without a "
+    "graph. Methods that support double backward here: 'reference'"
+)
 
 
 def fold_vmap(size: int, in_dims, xs):  # noqa: ANN001, ANN201
@@ -313,7 +286,7 @@ class _RowwiseGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gs: torch.Tensor):  # noqa: ANN001, ANN205
-        _refuse_double_backward()
+        raise PolyAttentionError(DOUBLE_BACKWARD)
 
     @staticmethod
     def vmap(info, in_dims, q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # noqa: ANN001, ANN205

@@ -35,7 +35,8 @@ from typing import TypeVar
 import torch
 
 from . import threads, trace
-from .cubic_rowwise import LOG2E, fold_vmap, no_double_backward
+from .cubic_rowwise import DOUBLE_BACKWARD, LOG2E, fold_vmap
+from .nodiff import mark_no_double_backward
 
 __all__ = ["separable_triangle"]
 
@@ -243,7 +244,7 @@ class _Triangle(torch.autograd.Function):
         with torch.no_grad():
             grads = _backward(q1, q2, q3, v2, v3, (s1, s2, s3), g, scale, zc, ctx.needs_input_grad)
         anchor = next(x for x in (q1, q2, q3, v2, v3) if x is not None and x.requires_grad)
-        return (*no_double_backward(grads, anchor), None, None, None)
+        return (*mark_no_double_backward(grads, anchor, DOUBLE_BACKWARD), None, None, None)
 
     @staticmethod
     def vmap(info, in_dims, q1, q2, q3, v2, v3, scale, zc, dv):  # noqa: ANN001, ANN205

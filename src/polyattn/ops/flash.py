@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import PolyAttentionError
+from .nodiff import mark_no_double_backward
 
 __all__ = ["flash_edge", "BIAS_FLOOR"]
 
@@ -73,28 +73,11 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward refuses: marks gradients that cannot be differentiated again."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(anchor: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # ``anchor`` (an input that requires grad) makes the outputs differentiable, so that a
-        # second differentiation reaches this backward and its clear error
-        return tuple(x.view_as(x) for x in xs)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        pass
-
-    @staticmethod
-    def backward(ctx, *gs: torch.Tensor):  # noqa: ANN001, ANN205
-        raise PolyAttentionError(
-            "double backward through a fused flash tree edge (method='tree' on CPU float32/float64) is "
-            "not supported: its backward is one fused ATen op without a derivative. Methods that support "
-            "double backward: 'elimination' (generic steps), 'reference', and 'tree' on other devices"
-        )
+DOUBLE_BACKWARD = (
+    "double backward through a fused flash tree edge (method='tree' on CPU float32/float64) is "
+    "not supported: its backward is one fused ATen op without a derivative. Methods that support "
+    "double backward: 'elimination' (generic steps), 'reference', and 'tree' on other devices"
+)
 
 
 class _FlashEdge(torch.autograd.Function):
@@ -187,10 +170,7 @@ class _FlashEdge(torch.autograd.Function):
         gk = dk[..., :d]
         gb = dk[..., d] if hb else None
         gv = dva[..., :dv] if (v is not None and ctx.needs_input_grad[2]) else None
-        if torch.is_grad_enabled():  # create_graph=True: these gradients cannot be differentiated again
-            marked = _NoDoubleBackward.apply(anchor, *(x for x in (gq, gk, gv, gb) if x is not None))
-            it = iter(marked)
-            gq, gk, gv, gb = (next(it) if x is not None else None for x in (gq, gk, gv, gb))
+        gq, gk, gv, gb = mark_no_double_backward((gq, gk, gv, gb), anchor, DOUBLE_BACKWARD)
         return gq, gk, gv, gb, None, None, None
 
     @staticmethod
