@@ -35,6 +35,7 @@ from ..planning import Plan, TreeDetail
 from ..planning.decode import DecodePlan
 from .edge import edge_attention
 from .inputs import Problem
+from .tree import finish_query, pass_messages
 
 __all__ = ["MessageStore", "prefill_messages", "extend_messages", "finish_root", "row_edge", "root_row"]
 
@@ -68,36 +69,15 @@ def finish_root(m1: torch.Tensor | None, lz: torch.Tensor | None, shape: tuple[i
 def prefill_messages(
     prob: Problem, plan: Plan
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor | None], dict[int, torch.Tensor]]:
-    """Tree message passing (as :func:`polyattn.ops.tree.tree_attention`) keeping every message.
+    """Tree message passing (:func:`polyattn.ops.tree.pass_messages`, the full forward's) keeping every message.
 
     Returns ``(out [..., n_1, dv], messages {c: M_c or None}, logz {c: logZ_c})`` for every
     non-query variable ``c`` (``logz`` only for variables with children). ``M_c`` includes ``V_c``.
     """
     detail = plan.detail
     assert isinstance(detail, TreeDetail)
-    logz: dict[int, torch.Tensor] = {}
-    msg: dict[int, torch.Tensor] = {}
-    final: dict[int, torch.Tensor | None] = {}
-    for e in detail.edges:
-        u, c = e.parent, e.child
-        m_c = msg.get(c)
-        v_c = prob.v[c]
-        if v_c is not None:
-            m_c = v_c if m_c is None else m_c * v_c
-        final[c] = m_c
-        mask = prob.masks.get((min(u, c), max(u, c))) if e.masked else None
-        if mask is not None and u > c:
-            mask = mask.transpose(-1, -2)
-        q_c = prob.q[c]
-        assert q_c is not None
-        out, lse = edge_attention(
-            e, prob.q[u] if e.logits else None, q_c, m_c, logz.get(c) if e.bias else None,
-            mask=mask, scale=prob.scale, n_parent=prob.n(u),
-        )
-        logz[u] = lse if u not in logz else logz[u] + lse
-        if out is not None:
-            msg[u] = out if u not in msg else msg[u] * out
-    out1 = finish_root(msg.get(1), logz.get(1), (*prob.batch_shape, prob.n(1)), prob.q[1])  # type: ignore[arg-type]
+    msg, logz, final = pass_messages(prob, detail)
+    out1 = finish_query(prob, detail, msg.get(1), logz.get(1))
     return out1, final, {c: lz for c, lz in logz.items() if c != 1}
 
 

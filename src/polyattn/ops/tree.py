@@ -21,14 +21,24 @@ from .common import NEG_INF, compact_rows
 from .edge import _causal_bool, edge_attention
 from .inputs import Problem
 
-__all__ = ["tree_attention"]
+__all__ = ["tree_attention", "pass_messages", "finish_query"]
 
 
 def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
     detail = plan.detail
     assert isinstance(detail, TreeDetail)
+    msg, logz, _ = pass_messages(prob, detail)
+    return finish_query(prob, detail, msg.get(1), logz.get(1))
+
+
+def pass_messages(
+    prob: Problem, detail: TreeDetail
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict[int, torch.Tensor | None]]:
+    """The edges in the plan's post-order: ``(messages {u: M_u}, log-masses {u: logZ_u}, final
+    {c: V_c * prod of c's children's messages})``; ``final`` is what the decode cache keeps."""
     logz: dict[int, torch.Tensor] = {}
     msg: dict[int, torch.Tensor] = {}
+    final: dict[int, torch.Tensor | None] = {}
     for e in detail.edges:
         u, c = e.parent, e.child
         # finalise c: its value times the product of its children's messages (already folded in)
@@ -36,6 +46,7 @@ def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         v_c = prob.v[c]
         if v_c is not None:
             m_c = v_c if m_c is None else m_c * v_c
+        final[c] = m_c
         mask = prob.masks.get((min(u, c), max(u, c))) if e.masked else None
         if mask is not None and u > c:
             mask = mask.transpose(-1, -2)
@@ -54,8 +65,13 @@ def tree_attention(prob: Problem, plan: Plan) -> torch.Tensor:
         logz[u] = lse if u not in logz else logz[u] + lse
         if out is not None:
             msg[u] = out if u not in msg else msg[u] * out
-    lz = logz.get(1)
-    m1 = msg.get(1)
+    return msg, logz, final
+
+
+def finish_query(
+    prob: Problem, detail: TreeDetail, m1: torch.Tensor | None, lz: torch.Tensor | None
+) -> torch.Tensor:
+    """The query's output ``[..., n1, dv]`` from its message and log-mass, with the NaN rule."""
     n1 = prob.n(1)
     if m1 is None:
         base = torch.ones((), dtype=prob.dtype, device=prob.device)
