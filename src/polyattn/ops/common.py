@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["letters", "expand_to", "NEG_INF", "safe_log", "compact_rows"]
+__all__ = ["letters", "expand_to", "NEG_INF", "safe_log", "compact_rows", "under_functorch"]
 
 NEG_INF = float("-inf")
 _LETTERS = "abcdefghijklmnopqrstuvwxy"  # 'z' is reserved for the value channel
@@ -37,3 +37,10 @@ def compact_rows(m: torch.Tensor) -> torch.Tensor:
     """A mask ``[..., n_a, n_b]`` that is the same for every row (a stride-0 view, e.g. key padding)
     as ``[..., 1, n_b]``: what is computed from it stays ``O(n_b)`` instead of ``n_a x n_b``."""
     return m[..., :1, :] if m.shape[-2] > 1 and m.stride(-2) == 0 else m
+
+
+def under_functorch() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is active on this thread: its
+    tensors cannot be branched on (``bool(t.any())`` fails under vmap, also inside ``grad``) and,
+    the interpreter stack being thread-local, must not cross to another thread."""
+    return torch._C._functorch.maybe_current_level() is not None

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .common import under_functorch
+
 __all__ = ["workers", "run_parts"]
 
 T = TypeVar("T")
@@ -62,13 +64,6 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return pool
 
 
-def _under_functorch() -> bool:
-    """Whether a torch.func transform (vmap, grad, jacrev, ...) is active on this thread. Its
-    interpreter stack is thread-local, so wrapped tensors must not cross to a worker thread
-    (functorch reports them as escaped)."""
-    return torch._C._functorch.maybe_current_level() is not None
-
-
 def run_parts(fn: Callable[..., T], parts: Sequence[tuple[Any, ...]]) -> list[T]:
     """``[fn(*p) for p in parts]``, on the worker threads unless this thread has only one.
 
@@ -77,7 +72,7 @@ def run_parts(fn: Callable[..., T], parts: Sequence[tuple[Any, ...]]) -> list[T]
     under load: 0.10 s inline vs ~1 ms on a worker). ``fn`` must be thread-safe on its part
     (disjoint outputs) and set its own grad mode: worker threads start with autograd enabled.
     """
-    if workers() <= 1 or _under_functorch():
+    if workers() <= 1 or under_functorch():
         return [fn(*p) for p in parts]
     pool = _pool(workers())
     futures = [pool.submit(fn, *p) for p in parts]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..planning import Plan, TreeDetail
-from .common import NEG_INF, compact_rows
+from .common import NEG_INF, compact_rows, under_functorch
 from .edge import _causal_bool, edge_attention
 from .inputs import Problem
 
@@ -76,11 +76,16 @@ def finish_query(
     if m1 is None:
         base = torch.ones((), dtype=prob.dtype, device=prob.device)
         m1 = base.expand(*prob.batch_shape, n1, prob.dv)
-    if lz is not None:
+    if lz is None:
+        return m1.expand(*prob.batch_shape, n1, m1.shape[-1])
+    bad = (lz == NEG_INF) | lz.isnan()
+    # Rows without an admissible tuple have logZ = -inf, so with every logZ finite (the usual case)
+    # there is nothing to fix; under torch.func the test cannot branch on data.
+    if under_functorch() or bool(bad.any()):
         # The NaN rule: a row is 0 only when no tuple is admissible under the masks and causality;
         # a row whose log-mass is -inf for any other reason (infinite inputs) is NaN, never 0.
         nan = torch.full((), float("nan"), dtype=m1.dtype, device=m1.device)
-        m1 = torch.where(((lz == NEG_INF) | lz.isnan()).unsqueeze(-1), nan, m1)
+        m1 = torch.where(bad.unsqueeze(-1), nan, m1)
         nonempty = _admissible_rows(prob, detail)
         if nonempty is not None:
             m1 = torch.where(nonempty.unsqueeze(-1), m1, torch.zeros((), dtype=m1.dtype, device=m1.device))
