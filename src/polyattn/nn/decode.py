@@ -33,7 +33,8 @@ from ..errors import MethodError, PolyAttentionError
 from ..functional import key_padding_masks
 from ..ops import prepare
 from ..ops.decode import extend_messages, prefill_messages
-from ..ops.inputs import compute_dtype_for
+from ..ops.inputs import check_scale, compute_dtype_for
+from ..ops.placement import apply_root_values
 from ..planning import DEFAULT_MEMORY_BUDGET, make_plan, normalize_causal
 from ..planning.decode import CACHEABLE_METHODS, DecodePlan, plan_decode
 from ..polynomial import AttentionPolynomial
@@ -140,8 +141,7 @@ def attention_step(
     except BaseException:
         cache.rollback(old)
         raise
-    for vr in root:  # root placement: the value at the query position, outside the sum
-        out = out * vr
+    out = apply_root_values(out, root, out.dtype)  # root placement: values at the query position
     out = _as(out, x.dtype)
     out = out.transpose(1, 2).reshape(b, k, layer.heads * layer.value_dim_head)
     return layer.dropout(layer.to_out(out))
@@ -152,7 +152,7 @@ def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scale(layer: PolyAttention) -> float:
-    return float(layer.scale) if layer.scale is not None else layer.dim_head ** -0.5
+    return check_scale(layer.scale, layer.dim_head)  # the full forward's default, bit for bit
 
 
 def _prefill(

@@ -62,10 +62,7 @@ def forward_tokens(
     h = _embed(model, tokens, positions)
     for i, blk in enumerate(cast("list[PolyBlock]", model.blocks)):
         a = blk.norm1(h)
-        if caches is None and token_mask is None:
-            h = h + blk.attn(a)
-        else:
-            h = h + blk.attn(a, cache=None if caches is None else caches[i], token_mask=token_mask)
+        h = h + blk.attn(a, cache=None if caches is None else caches[i], token_mask=token_mask)
         if blk.mlp is not None:
             h = h + blk.mlp(blk.norm2(h))
     return model.head(model.norm(h))

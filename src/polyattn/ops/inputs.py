@@ -16,7 +16,7 @@ from ..errors import PolyAttentionError
 from ..planning import ProblemSpec, normalize_causal
 from ..polynomial import AttentionPolynomial, parse
 
-__all__ = ["Problem", "prepare", "compute_dtype_for"]
+__all__ = ["Problem", "prepare", "compute_dtype_for", "check_scale"]
 
 
 def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -208,7 +208,8 @@ def mask_layout(m: torch.Tensor) -> str:
     return "full"
 
 
-def _check_scale(scale: object, d: int) -> float:
+def check_scale(scale: object, d: int) -> float:
+    """The logit scale: ``scale`` validated, or the default ``1/sqrt(d)`` (SDPA's)."""
     if scale is None:
         return 1.0 / math.sqrt(d)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -281,7 +282,7 @@ def prepare(
         v=v_list,
         masks=masks,
         causal=spec.causal_pairs(),
-        scale=_check_scale(scale, d),
+        scale=check_scale(scale, d),
         batch_shape=batch_shape,
         out_dtype=out_dtype,
         dtype=dtype,

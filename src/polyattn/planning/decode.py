@@ -181,13 +181,6 @@ class DecodePlan:
         so the log-sum-exp needs no guard) instead of the masked, chunked materialised edge."""
         return new_rows == 1 and not constrained
 
-    def step_flops(self, n: int, head_dim: int, value_dim: int) -> float:
-        """FLOPs of one new token per batch entry and head with ``n`` cached positions."""
-        f = 0.0
-        for v in self.vars:
-            f += 2.0 * n * ((head_dim if v.key else 0) + (value_dim if v.message else 0) + 1)
-        return f
-
     def cached_floats(self, head_dim: int, value_dim: int) -> int:
         """Floats stored per position, batch entry and head."""
         return sum((head_dim if v.key else 0) + (value_dim if v.message else 0) + (1 if v.logz else 0)

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from ..errors import PolyAttentionError
 from ..polynomial import AttentionPolynomial, tree_parents
 
-__all__ = ["PLACEMENTS", "root_placed_variables", "describe_placement", "check_layer_placement"]
+__all__ = ["PLACEMENTS", "root_placed_variables", "check_layer_placement"]
 
 #: accepted string requests
 PLACEMENTS = ("own", "root")
@@ -99,13 +99,6 @@ def root_placed_variables(p: AttentionPolynomial, value_placement: object) -> tu
         f"internal neighbours' values at the query position) or a mapping {{j: 'own' | 'root'}}, "
         f"got {value_placement!r}"
     )
-
-
-def describe_placement(root_vars: tuple[int, ...]) -> str:
-    """Human-readable summary, e.g. ``"x2 at the query position"``."""
-    if not root_vars:
-        return "every value at its own position (the paper's formula)"
-    return ", ".join(f"x{j}" for j in root_vars) + " at the query position (root placement)"
 
 
 def check_layer_placement(
