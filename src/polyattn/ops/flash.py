@@ -138,8 +138,6 @@ class _FlashEdge(torch.autograd.Function):
         d = q.shape[-1]
         dv = v.shape[-1] if v is not None else 0
         hb = bias is not None
-        if hb and attn_mask is None:
-            attn_mask = None  # the forward's bias-as-mask: its logits equal the augmented ones
         width = max(d + hb, dv, 1)
         if bias is not None:
             qa, ka = _augment(q, k, bias, scale, width)

@@ -74,9 +74,8 @@ def pair_only_matches(x: np.ndarray, modulus: int) -> np.ndarray:
     """``[B, n]`` -> bool ``[B, n]``: position ``i`` has a match using only two distinct values,
     ``2 x_i + x_j ≡ 0`` or ``x_i + 2 x_j ≡ 0 (mod M)`` for some position ``j`` (``O(B · n²)``)."""
     x = np.asarray(x, dtype=np.int64)
-    a = (2 * x[:, :, None] + x[:, None, :]) % modulus == 0
-    b = (x[:, :, None] + 2 * x[:, None, :]) % modulus == 0
-    return (a | b).any(-1)
+    a = (2 * x[:, :, None] + x[:, None, :]) % modulus == 0  # a[i, j]: 2 x_i + x_j ≡ 0
+    return (a | a.swapaxes(1, 2)).any(-1)  # a[j, i]: x_i + 2 x_j ≡ 0
 
 
 def match3_bins(labels: np.ndarray) -> np.ndarray:

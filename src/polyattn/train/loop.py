@@ -102,12 +102,9 @@ def _loss_and_correct(logits: torch.Tensor, labels: torch.Tensor,
     if loss_kind == "bce":
         flat = logits.reshape(-1)
         loss = F.binary_cross_entropy_with_logits(flat[keep], lab[keep].to(flat.dtype))
-        pred = (flat > 0).long()
     else:
-        flat = logits.reshape(-1, logits.shape[-1])
-        loss = F.cross_entropy(flat, lab, ignore_index=IGNORE)
-        pred = flat.argmax(-1)
-    correct = ((pred == lab) & keep).sum()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab, ignore_index=IGNORE)
+    correct = ((predict(logits, loss_kind).reshape(-1) == lab) & keep).sum()
     return loss, correct, keep.sum()
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomicio import atomic_save_figure, atomic_write_bytes
 from ..tasks import IGNORE, make_task
 from ..tasks.match3 import BIN_EDGES, Match3, match3_bins, pair_only_matches
 from .config import TrainConfig, config_from_dict
@@ -166,11 +167,8 @@ def _plot(ref: dict[str, Any], cells: list[dict[str, Any]], out: Path, title: st
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    p = out / "match3_bins.png"
-    tmp = out / ".match3_bins.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    p = atomic_save_figure(fig, out / "match3_bins.png", dpi=110)
     plt.close(fig)
-    tmp.replace(p)
     return p
 
 
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         cells += evaluate_cells(cfg, run, task, test.tokens, test.labels)
     payload = {"reference": ref, "cells": cells, "runs": [str(r) for r in args.runs]}
     atomic_write_json(out / "match3_bins.json", payload)
-    (out / "match3_bins.md").write_text(markdown(ref, cells) + "\n")
+    atomic_write_bytes(out / "match3_bins.md", (markdown(ref, cells) + "\n").encode())
     p = _plot(ref, cells, out, title)
     print(markdown(ref, cells))
     print(f"wrote {out / 'match3_bins.json'}, {out / 'match3_bins.md'}, {p}")
