@@ -156,14 +156,14 @@ def _family_rows(de, left, h, scale_u, red, dv_factor, first: bool, r0: int, r1:
 def _family(chunks, hbuf, de, left, rows_n, operand_args, keys_n, scale_u, red, dv_factor, dvout, emit):  # noqa: ANN001
     """A gradient family over the value-column chunks: build the operand by row blocks of
     ``keys_n``, then per row block of ``rows_n`` the GEMM and reductions (:func:`_family_rows`)."""
-    w, e, v = operand_args
+    w, e = operand_args
     B = de.shape[0]
     n = e.shape[-1]
     for i, (z0, z1) in enumerate(chunks):
         if emit:
             trace.emit("fused", kind="fused-triangle-backward", rows=(0, rows_n), keys=(0, keys_n), cols=(z0, z1))
         h = hbuf[: B * keys_n * (z1 - z0) * n].view(B, keys_n, z1 - z0, n)
-        _par(partial(_operand, h, w[..., z0:z1], e, None if v is None else v[..., z0:z1]), keys_n)
+        _par(partial(_operand, h, w[..., z0:z1], e, None), keys_n)
         parts = _par(partial(_family_rows, de, left, h, scale_u[..., z0:z1], red[:, z0:z1],
                              dv_factor, i == 0), rows_n)
         if dvout is not None:
@@ -187,18 +187,18 @@ def _backward(q1, q2, q3, v2, v3, shifts, g, scale, zc, need):  # noqa: ANN001, 
 
     # family 13: K = E12 @ (V2[b,z] E23[b,c]); U = G K: dE13 = sum_z U V3, dV3 = sum_a U E13
     de = q1.new_empty(B, n1, n3)
-    _family(chunks, hbuf, de, lambda a0, a1: e12[:, a0:a1], n1, (v2c, e23, None), n2, g, v3t, e13, dv3, True)
+    _family(chunks, hbuf, de, lambda a0, a1: e12[:, a0:a1], n1, (v2c, e23), n2, g, v3t, e13, dv3, True)
     _par(partial(_to_q, de, e13, q3c, dq1, False), n1)  # dF13 = dE13 * E13 (natural logits); dq1 = dF13 @ q3
     _par(partial(_to_q_t, de, q1, dq3, False), n3)  # dq3 = dF13^T @ q1
     # family 12: J = E13 @ (V3[c,z] E23[b,c])^T; U = G J: dE12 = sum_z U V2, dV2 = sum_a U E12
     de = q1.new_empty(B, n1, n2)
-    _family(chunks, hbuf, de, lambda a0, a1: e13[:, a0:a1], n1, (v3c, e23.transpose(-1, -2), None), n3,
+    _family(chunks, hbuf, de, lambda a0, a1: e13[:, a0:a1], n1, (v3c, e23.transpose(-1, -2)), n3,
             g, v2t, e12, dv2, False)
     _par(partial(_to_q, de, e12, q2c, dq1, True), n1)
     _par(partial(_to_q_t, de, q1, dq2, False), n2)
     # family 23: N = E12^T @ (G[a,z] E13[a,c]); U = V2[b,z] N: dE23 = sum_z U V3
     de = q1.new_empty(B, n2, n3)
-    _family(chunks, hbuf, de, lambda b0, b1: e12[:, :, b0:b1].transpose(-1, -2), n2, (g, e13, None), n1,
+    _family(chunks, hbuf, de, lambda b0, b1: e12[:, :, b0:b1].transpose(-1, -2), n2, (g, e13), n1,
             v2c, v3t, None, None, False)
     _par(partial(_to_q, de, e23, q3c, dq2, True), n2)
     _par(partial(_to_q_t, de, q2, dq3, True), n3)

@@ -220,13 +220,16 @@ def fused_cost(spec: ProblemSpec, fc: FusedCubic) -> tuple[float, float]:
         flops = factors + tuples * 2.0 * C
     else:
         flops = factors + tuples * (3.0 + v3)
-    if fc.kind == StepKind.FUSED_TRIANGLE:
-        return flops, float(_triangle_bytes(spec, fc.col_chunk)[1])
-    return flops, float(_rowwise_bytes(spec, fc.kind, fc.row_chunk, fc.key_chunk)[1])
+    return flops, float(_fused_bytes(spec, fc)[1])
 
 
 def fused_forward_bytes(spec: ProblemSpec, fc: FusedCubic) -> float:
     """Peak bytes of the forward pass alone (inference, ``torch.no_grad``)."""
+    return float(_fused_bytes(spec, fc)[0])
+
+
+def _fused_bytes(spec: ProblemSpec, fc: FusedCubic) -> tuple[int, int]:
+    """``(forward peak, forward + backward peak)`` of the planned fused kernel."""
     if fc.kind == StepKind.FUSED_TRIANGLE:
-        return float(_triangle_bytes(spec, fc.col_chunk)[0])
-    return float(_rowwise_bytes(spec, fc.kind, fc.row_chunk, fc.key_chunk)[0])
+        return _triangle_bytes(spec, fc.col_chunk)
+    return _rowwise_bytes(spec, fc.kind, fc.row_chunk, fc.key_chunk)

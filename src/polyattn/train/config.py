@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolyAttentionError
+from ..planning.placement import PLACEMENTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -159,7 +160,7 @@ class TrainConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         for mc in self.mechanisms:
-            if mc.value_placement not in (None, "own", "root"):
+            if mc.value_placement is not None and mc.value_placement not in PLACEMENTS:
                 raise ConfigError(
                     f"mechanism {mc.name!r}: value_placement must be 'own' or 'root', got {mc.value_placement!r}"
                 )
@@ -171,10 +172,8 @@ class TrainConfig:
         for k in ("out_dir", "progress", "threads", "name", "seeds", "mechanisms"):
             d.pop(k, None)
         # options at their defaults are left out: keeps fingerprints of runs made before them
-        if not d["model"]["valueless"]:
-            del d["model"]["valueless"]
-        for sec, key, default in (("model", "norm", True), ("model", "embedding", "lookup"),
-                                  ("optim", "loss", "ce")):
+        for sec, key, default in (("model", "valueless", []), ("model", "norm", True),
+                                  ("model", "embedding", "lookup"), ("optim", "loss", "ce")):
             if d[sec][key] == default:
                 del d[sec][key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
