@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..planning.approx import ApproxPlan
 from .approx_features import Features
+from .approx_split import DenseProducts, SplitProducts
 from .inputs import Problem
 
 __all__ = ["tree_approx", "prefix_message", "run_chunk", "value_ext", "finish"]
@@ -180,7 +181,7 @@ def _times(e: torch.Tensor | None, x: torch.Tensor, owned: bool, fresh: bool) ->
 
 
 def _visit(
-    prob: Problem, c: int, feats: Features, coefs: dict[tuple[float, ...], torch.Tensor],
+    prob: Problem, c: int, prods: DenseProducts | SplitProducts, coefs: dict[tuple[float, ...], torch.Tensor],
     plain: list[tuple[_Edge, torch.Tensor]], row_msgs: list[torch.Tensor], up: _Edge | None, chunk: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One pass over variable ``c``'s rows, chunk by chunk.
@@ -188,7 +189,8 @@ def _visit(
     ``plain``: (edge, summary ``A_g^T`` ``[..., dv1, r]`` or ``[..., dv1, 1]``) of c's plain children;
     ``row_msgs``: c's incoming causal messages ``[..., n_c, dv1]``. Returns ``(m_c^T, A_c^T)``:
     the full message ``[..., dv1, n_c]`` when c is the root or its up-edge is causal (else None),
-    and the summary for a plain up-edge (else None).
+    and the summary for a plain up-edge (else None). ``prods`` runs the feature-space products
+    (materialised or top-degree split, as the plan says).
     """
     n = prob.n(c)
     keep = up is None or up.causal is not None
@@ -201,17 +203,19 @@ def _visit(
     rest = [m.transpose(-1, -2) for m in row_msgs]
     if prob.v[c] is not None:
         rest.append(value_ext(prob, c).transpose(-1, -2))
-    summaries = [a for _, a in plain]
+    summaries = [prods.prepare(a) if lg else a for (_, a), lg in zip(plain, logit_in)]
     n_sum = len(summaries)
     dv1 = prob.dv + 1
+    inplace = not _needs_grad(qt, *summaries, *rest)  # accumulate the up-summary inside the chunk
+    box: list[torch.Tensor | None] = [None]
 
     def chunk_fn(qt_: torch.Tensor, *tensors: torch.Tensor):  # noqa: ANN202
-        ft = feats.cols(qt_) if needs_feats else None
+        ch = prods.chunk(qt_) if needs_feats else None
         rows = qt_.shape[-1]
         e = None
         owned = False  # e is a fresh tensor of this chunk: multiply in place outside autograd
         for a_g, lg in zip(tensors[:n_sum], logit_in):
-            msg = a_g @ ft if lg and ft is not None else a_g  # zero edge: the same [.., dv1, 1] for every row
+            msg = prods.apply(a_g, ch) if lg and ch is not None else a_g  # zero edge: same [.., dv1, 1] for every row
             e, owned = _times(e, msg, owned, fresh=lg)
         for x in tensors[n_sum:]:
             e, owned = _times(e, x, owned, fresh=False)
@@ -220,8 +224,13 @@ def _visit(
         elif e.shape[-1] != rows:
             e = e.expand(*e.shape[:-1], rows)
         contrib = None
-        if up_plain:
-            contrib = e @ ft.transpose(-1, -2) if up.logit else e.sum(-1, keepdim=True)  # type: ignore[union-attr]
+        if up_plain and up.logit:  # type: ignore[union-attr]
+            if inplace:
+                box[0] = prods.summarize(e, ch, box[0])
+            else:
+                contrib = prods.summarize(e, ch, None)
+        elif up_plain:
+            contrib = e.sum(-1, keepdim=True)
         return e, contrib
 
     kept, acc = [], None
@@ -235,6 +244,8 @@ def _visit(
     m = None
     if keep:
         m = torch.cat(kept, dim=-1) if len(kept) > 1 else kept[0]
+    if up_plain and up.logit:  # type: ignore[union-attr]
+        acc = prods.finish(box[0] if inplace else acc)  # type: ignore[arg-type]
     if acc is not None:
         coef = coefs[up.coeffs] if up.logit else None  # type: ignore[union-attr]
         acc = (acc * coef if coef is not None else acc) / n
@@ -249,6 +260,11 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
     for c in plan.order:
         children[edges[c].parent].append(c)
     chunk = max(1, plan.chunk_rows)
+    prods: DenseProducts | SplitProducts = DenseProducts(feats)
+    plain_chunk = chunk
+    if plan.split is not None:
+        prods = SplitProducts(plan.split, prob.scale, prob.dv + 1, prob.device, prob.dtype)
+        plain_chunk = plan.split.rows
     block = plan.causal_block
     summary: dict[int, torch.Tensor] = {}  # plain child -> A^T [..., dv1, r or 1]
     causal_msg: dict[int, torch.Tensor] = {}  # causal child -> message to its parent [..., n_u, dv1]
@@ -256,7 +272,7 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
         up = edges.get(c)
         plain = [(edges[g], summary.pop(g)) for g in children[c] if g in summary]
         row_msgs = [causal_msg.pop(g) for g in children[c] if g in causal_msg]
-        m, a = _visit(prob, c, feats, coefs, plain, row_msgs, up, chunk)
+        m, a = _visit(prob, c, prods, coefs, plain, row_msgs, up, plain_chunk)
         if up is None:
             return finish(m.transpose(-1, -2), prob)  # type: ignore[union-attr]
         if up.causal is None:

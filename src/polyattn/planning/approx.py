@@ -97,6 +97,7 @@ from .approx_layout import (  # noqa: F401 - re-exported
     structure,
     structure_steps,
 )
+from .approx_split import SplitTop
 from .methods import Method
 from .plan import DEFAULT_MEMORY_BUDGET, Plan, _fmt_bytes, _fmt_flops
 from .spec import ProblemSpec
@@ -332,6 +333,7 @@ class ApproxPlan(Plan):
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     chunk_rows: int = 0
     causal_block: int = 0  # tree strategy, causal edges: block length of the chunked prefix sums
+    split: SplitTop | None = None  # tree strategy, plain edges: top-degree split products (approx_split)
     einsum: str = ""  # contract strategy: the final expression (x1 rows chunked)
     operands: tuple[tuple[Any, ...], ...] = ()
     summaries: tuple[tuple[int, str], ...] = ()  # contract strategy: (variable, summary expression)
@@ -367,6 +369,7 @@ class ApproxPlan(Plan):
             path=[list(p) for p in self.path], largest_intermediate=self.largest_intermediate,
             seconds=self.seconds, exact_seconds=self.exact_seconds, exact_method=self.exact_method,
             cost_source=self.cost_source, allow_slower=self.allow_slower,
+            split=self.split.to_dict() if self.split is not None else None,
         )
         return out
 
@@ -398,7 +401,7 @@ class ApproxPlan(Plan):
         lines.append(f"  complexity : O({self.complexity}) time" + (" (n * r * (dv+1) per edge)" if self.strategy == "tree" else ""))
         if self.degree is not None:
             lines.append(f"  estimate   : {_fmt_flops(self.flops)}, peak working memory {_fmt_bytes(self.peak_bytes)}"
-                         + (f", row chunks of {self.chunk_rows}" if self.chunk_rows else ""))
+                         + self._chunk_text())
         if self.speed_line():
             lines.append(f"  speed      : {self.speed_line()}")
             lines.append(f"               ({self.cost_source})")
@@ -408,6 +411,12 @@ class ApproxPlan(Plan):
         for note in self.notes:
             lines.append(f"  note       : {note}")
         return "\n".join(lines)
+
+    def _chunk_text(self) -> str:
+        if self.split is not None:
+            causal = f" ({self.chunk_rows} on causal edges)" if self.spec.causal else ""
+            return f", row chunks of {self.split.rows}{causal}"
+        return f", row chunks of {self.chunk_rows}" if self.chunk_rows else ""
 
     def _degree_lines(self) -> list[str]:
         how = ("forced by degree=" + (f", meets {self.target_text}" if self.target is not None else "")
@@ -479,7 +488,7 @@ def _forced_degree(degree: int, xs: tuple[float, ...], radius: float, acc: Accur
 def _speed(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
            lay: Layout, budget: int, model: CostModel) -> tuple[float, str, float]:
     """``(approx seconds, exact method, exact seconds)`` under ``model``; the exact plan is ``make_plan(spec, "auto")``."""
-    work = approx_work(spec, strategy, parent, rank, degree, lay.chunk, lay.flops)
+    work = approx_work(spec, strategy, parent, rank, degree, lay.chunk, lay.flops, lay.split)
     from .strategy import make_plan  # the planner table imports this module
 
     exact = make_plan(spec, "auto", budget)
@@ -556,7 +565,7 @@ def plan_approx(
         entry_bound=b_val, scale=s, logit_bound=tuple(xs), value_radius=radius, error_bound=bound,
         degree_forced=degree is not None, basis=basis,
         exp_coeffs=tuple(exp_coefficients(basis, p, float(x)) for x in xs), memory_budget=int(memory_budget),
-        chunk_rows=lay.chunk, causal_block=lay.block, einsum=lay.einsum, operands=lay.operands, path=lay.path,
+        chunk_rows=lay.chunk, causal_block=lay.block, split=lay.split, einsum=lay.einsum, operands=lay.operands, path=lay.path,
         largest_intermediate=lay.largest, summaries=lay.summaries, seconds=secs, exact_seconds=exact_secs,
         exact_method=exact_method, cost_source=_source_text(model), allow_slower=allow_slower,
     )

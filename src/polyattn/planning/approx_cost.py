@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .approx_split import SplitTop
 from .plan import Plan
 from .spec import ProblemSpec
 
@@ -89,13 +90,23 @@ DEFAULT_COST_MODEL = CostModel(product_flops=37e9, build_entries=9.7e9, op_secon
                                row_seconds=1.2e-7, call_seconds=0.9e-3)
 
 
+#: The split products' slot-stacked GEMMs (:mod:`polyattn.planning.approx_split`, 18-153 rows) run
+#: this much faster than the ``dv+1``-row GEMMs the model's ``product_flops`` was measured on
+#: (69 vs 53 GFLOP/s, d = 16, p = 5, dv = 8, 1 thread, development machine).
+SPLIT_GEMM_GAIN = 1.3
+#: Torch ops per chunk and split segment (one GEMM on each side of an edge).
+SPLIT_OPS_PER_CHUNK = 10
+
+
 def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
-                chunk: int, flops: float) -> tuple[float, float, float, float]:
+                chunk: int, flops: float, split: SplitTop | None = None) -> tuple[float, float, float, float]:
     """``(product FLOPs, feature entries built, torch ops, rows)`` of one approx call.
 
     Tree: every variable incident to a monomial builds its features once per chunk (a causal edge
     builds both ends' features again inside its prefix sums) and every logit edge costs two
-    products of ``2 n r (dv+1)`` FLOPs. Contract: ``flops`` is the planned einsum cost and every
+    products of ``2 n r (dv+1)`` FLOPs. With ``split`` the plain edges build only the features of
+    degree ``p - 1`` (rank ``r_1``) in chunks of ``split.rows``, and their products count
+    ``1 / SPLIT_GEMM_GAIN`` of their FLOPs. Contract: ``flops`` is the planned einsum cost and every
     variable's features are built once (x1's per final chunk).
     """
     from .approx_layout import build_ops_per_chunk
@@ -123,11 +134,23 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
             ops += 2.0 * math.ceil(n / chunk) * (per_chunk_ops + 10)
         else:
             with_feats.update((u, c))
+    if split is not None:
+        per_split = build_ops_per_chunk(d, degree - 1) + SPLIT_OPS_PER_CHUNK + 2 * len(split.segments)
+        dv1 = spec.value_dim + 1
+        plain = sum(b * (spec.seq_lens[u - 1] + spec.seq_lens[c - 1]) * rank * (2.0 * dv1 + 1)
+                    for c, u in parent.items()
+                    if (min(u, c), max(u, c)) in monos and (u, c) not in causal and (c, u) not in causal)
+        flops = flops - plain + plain * split.padding() / SPLIT_GEMM_GAIN
     for v in with_feats:
         n = spec.seq_lens[v - 1]
-        entries += float(b * n * rank)
-        ops += math.ceil(n / chunk) * per_chunk_ops
+        if split is not None:
+            entries += float(b * n * split.low_rank)
+            ops += math.ceil(n / split.rows) * per_split
+        else:
+            entries += float(b * n * rank)
+            ops += math.ceil(n / chunk) * per_chunk_ops
     return float(flops), entries, ops, rows
+
 
 
 def approx_seconds(work: tuple[float, float, float, float], model: CostModel) -> float:

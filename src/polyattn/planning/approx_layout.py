@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MethodError
+from .approx_split import SplitTop, split_bytes, split_top
 from .details import StepKind
 from .plan import Step
 from .spec import ProblemSpec
@@ -285,17 +286,28 @@ class Layout:
     notes: tuple[str, ...] = ()
     overflow: str = ""  # non-empty: the layout exceeds the memory budget (the reason, for the error)
     block: int = 0  # tree strategy with causal edges: block length of the chunked prefix sums
+    split: SplitTop | None = None  # tree strategy: plain-edge products with the top degree split off
 
 
-def _tree_layout(spec: ProblemSpec, parent: dict[int, int], post: tuple[int, ...], r: int, budget: int) -> Layout:
+def _tree_layout(spec: ProblemSpec, parent: dict[int, int], post: tuple[int, ...], r: int, degree: int,
+                 budget: int) -> Layout:
     steps = edge_steps(spec, parent, post, r)
     chunk = chunk_rows(spec, r, budget)
-    peak = spec.batch * (chunk * r * 3 + max(spec.seq_lens) * (spec.value_dim + 1) * 2) * spec.itemsize
+    split = split_top(spec, r, degree, budget)
+    plain = any(s.scope[-1] != -1 and s.logits for s in steps)
+    if split is not None and not plain:
+        split = None  # every logit edge is causal: the prefix sums use the materialised features
+    peak = 0.0
+    if split is None or any(s.scope[-1] == -1 for s in steps):
+        peak = float(spec.batch * (chunk * r * 3 + max(spec.seq_lens) * (spec.value_dim + 1) * 2) * spec.itemsize)
+    if split is not None:
+        peak = max(peak, split_bytes(spec, split))
     blk = 0
     if spec.causal:
         blk = causal_block(spec, r, budget)
         peak = max(peak, spec.batch * blk * (r * 3 + 2 * blk) * spec.itemsize)
-    return Layout(steps, sum(st.flops for st in steps), float(peak), chunk, block=blk)
+    notes = (split.describe(),) if split is not None else ()
+    return Layout(steps, sum(st.flops for st in steps), float(peak), chunk, block=blk, split=split, notes=notes)
 
 
 def _contract_layout(spec: ProblemSpec, r: int, p: int, budget: int) -> Layout:
@@ -330,5 +342,5 @@ def layout(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, post
     """The execution layout for feature rank ``rank`` (degree ``degree``) within ``budget`` bytes."""
     if strategy == "tree":
         assert parent is not None
-        return _tree_layout(spec, parent, post, rank, budget)
+        return _tree_layout(spec, parent, post, rank, degree, budget)
     return _contract_layout(spec, rank, degree, budget)

@@ -1,0 +1,126 @@
+r"""Feature-space products of the approx tree kernel: materialised, or with the top degree split off.
+
+Both classes give the tree kernel (:mod:`polyattn.ops.approx_tree`) the same five operations on a
+chunk of rows (``z = dv+1`` value channels, everything transposed as in that module):
+
+* ``chunk(qt)``: what a chunk needs from ``q^T`` (``[..., d, rows]``);
+* ``prepare(a)``: a summary ``A^T`` (``[..., z, r]``, feature order) in the layout ``apply`` reads;
+* ``apply(P, ch)``: ``E = A F^T`` for the chunk, ``[..., z, rows]``;
+* ``summarize(m, ch, acc)``: ``M F`` for the chunk (``M`` ``[..., z, rows]``), added into ``acc`` in
+  place when ``acc`` is given (outside autograd), else returned;
+* ``finish(acc)``: the accumulated summary back in feature order, ``[..., z, r]``.
+
+:class:`DenseProducts` materialises ``F^T`` per chunk (:mod:`polyattn.ops.approx_features`).
+:class:`SplitProducts` runs the plan's :class:`~polyattn.planning.approx_split.SplitTop`: features
+only to degree ``p - 1`` (``G``), slot-stacked summaries ``[..., S z, r_1]`` and one GEMM per
+segment; the math, layout and why are in :mod:`polyattn.planning.approx_split`. Under autograd the
+same GEMMs run out of place (the chunk is recomputed in backward by the caller's checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..planning.approx_split import SplitTop, slot_table
+from .approx_features import Features
+
+__all__ = ["DenseProducts", "SplitProducts"]
+
+
+def _grad(*xs: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+class DenseProducts:
+    """Products with the whole feature matrix of a chunk built (``F^T``, ``[..., r, rows]``)."""
+
+    def __init__(self, feats: Features) -> None:
+        self.feats = feats
+
+    def chunk(self, qt: torch.Tensor) -> Any:
+        return self.feats.cols(qt)
+
+    def prepare(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def apply(self, p: torch.Tensor, ft: Any) -> torch.Tensor:
+        return p @ ft
+
+    def summarize(self, m: torch.Tensor, ft: Any, acc: torch.Tensor | None) -> torch.Tensor:
+        part = m @ ft.transpose(-1, -2)
+        return part if acc is None else acc.add_(part)
+
+    def finish(self, acc: torch.Tensor) -> torch.Tensor:
+        return acc
+
+
+class SplitProducts:
+    """Products with the top degree split off (see the module docstring)."""
+
+    def __init__(self, split: SplitTop, scale: float, z: int, device: torch.device, dtype: torch.dtype) -> None:
+        d, p = split.d, split.degree
+        r1, _, slots = slot_table(d, p)
+        self.low = Features(d, p - 1, scale, device, dtype)
+        self.S, self.K, self.z = d + 1, r1, z
+        self.rank = max(off + (e - s) for s, e, off in slots)
+        self.segments = split.segments
+        idx = torch.full((self.S, r1), self.rank, dtype=torch.long)
+        for s, (a, e, off) in enumerate(slots):
+            idx[s, a:e] = torch.arange(off, off + e - a)
+        flat = idx.reshape(-1)
+        valid = torch.nonzero(flat < self.rank).squeeze(1)
+        inv = torch.empty(self.rank, dtype=torch.long)
+        inv[flat[valid]] = valid
+        self.gather = flat.to(device)  # stacked position -> feature index (rank = the zero column)
+        self.inv = inv.to(device)  # feature index -> stacked position
+        self.coord = torch.arange(d - 1, -1, -1, device=device)  # slot 1 + j multiplies by q[d - 1 - j]
+
+    def chunk(self, qt: torch.Tensor) -> Any:
+        return self.low.cols(qt), qt.index_select(-2, self.coord)
+
+    def prepare(self, a: torch.Tensor) -> torch.Tensor:
+        ext = torch.cat([a, a.new_zeros(*a.shape[:-1], 1)], dim=-1)
+        st = ext.index_select(-1, self.gather).unflatten(-1, (self.S, self.K))  # [..., z, S, K]
+        return st.transpose(-3, -2).reshape(*a.shape[:-2], self.S * self.z, self.K).contiguous()
+
+    def finish(self, acc: torch.Tensor) -> torch.Tensor:
+        st = acc.unflatten(-2, (self.S, self.z)).transpose(-3, -2)  # [..., z, S, K]
+        return st.reshape(*acc.shape[:-2], self.z, self.S * self.K).index_select(-1, self.inv)
+
+    def apply(self, p: torch.Tensor, ch: Any) -> torch.Tensor:
+        g, qs = ch
+        rows = g.shape[-1]
+        batch = torch.broadcast_shapes(p.shape[:-2], g.shape[:-2], qs.shape[:-2])
+        acc = torch.zeros(*batch, self.S * self.z, rows, dtype=g.dtype, device=g.device)
+        inplace = not _grad(p, g, qs)
+        flat = inplace and p.dim() == 2 and g.dim() == 2
+        for a, b, k in self.segments:
+            m = k * self.z
+            if flat:
+                acc[:m].addmm_(p[:m, a:b], g[a:b])
+            else:
+                acc[..., :m, :] += p[..., :m, a:b] @ g[..., a:b, :]
+        accv = acc.unflatten(-2, (self.S, self.z))
+        top = accv[..., 1:, :, :]
+        top = top.mul_(qs.unsqueeze(-2)) if inplace else top * qs.unsqueeze(-2)
+        return accv[..., 0, :, :] + top.sum(-3)
+
+    def summarize(self, m: torch.Tensor, ch: Any, acc: torch.Tensor | None) -> torch.Tensor:
+        g, qs = ch
+        m = m.expand(*torch.broadcast_shapes(m.shape[:-2], qs.shape[:-2]), *m.shape[-2:])
+        mq = torch.cat([m.unsqueeze(-3), m.unsqueeze(-3) * qs.unsqueeze(-2)], dim=-3)  # [..., S, z, rows]
+        mq = mq.reshape(*mq.shape[:-3], self.S * self.z, mq.shape[-1])
+        batch = torch.broadcast_shapes(mq.shape[:-2], g.shape[:-2])
+        out = acc
+        if out is None:
+            out = torch.zeros(*batch, self.S * self.z, self.K, dtype=g.dtype, device=g.device)
+        flat = not _grad(m, g, qs) and out.dim() == 2 and mq.dim() == 2 and g.dim() == 2
+        for a, b, k in self.segments:
+            rows = k * self.z
+            if flat:
+                out[:rows, a:b].addmm_(mq[:rows], g[a:b].t())
+            else:
+                out[..., :rows, a:b] += mq[..., :rows, :] @ g[..., a:b, :].transpose(-1, -2)
+        return out

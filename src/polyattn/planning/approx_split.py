@@ -1,0 +1,137 @@
+r"""Top-degree split of the feature-space products (tree strategy, plain edges; pure Python).
+
+The tree kernel's products are ``E = A F^T`` (a summary applied to a chunk of rows) and
+``A += M F`` (rows summed into a summary), with ``F = F(q)`` the symmetric-power features of rank
+``r = C(d+p, p)`` and ``A``, ``M`` only ``dv+1`` rows wide. Two facts make them slow when ``F`` is
+materialised: the top degree ``p`` is most of the rank (76 % at ``d = 16, p = 5``) and costs a
+memory-bound construction, and a GEMM with ``dv + 1 = 9`` rows runs at ~60 % of a square one.
+
+**The split.** In the feature order of :func:`~polyattn.planning.approx_bound.feature_table` the
+degree-``p`` block is ``[G_{p-1}[:k_c] * q_c for c < d]`` (``k_c = C(c+p-1, p-1)``, a *prefix* of
+the degree ``p-1`` block). So with ``G`` the features of degree ``<= p-1`` (rank
+``r_1 = C(d+p-1, p-1)``)
+
+.. math::
+    E = A_{low} G^T + \sum_c q_c \odot (A_c\, G_{p-1}[:k_c]^T), \qquad
+    A_{low} \mathrel{+}= M G, \quad A_c \mathrel{+}= (M \odot q_c)\, G_{p-1}[:k_c].
+
+The top degree is never built (the multiply by ``q_c`` happens on ``dv+1``-row results), and
+the ``d + 1`` *slots* (the low part and one per coordinate ``c``) all read the same ``G``: laid out
+slot-major (``[S (dv+1), r_1]``, slot ``c`` zero outside its range of ``G``'s rows), the rows of
+``G`` are cut into *segments* where the same slots are active, and each segment is ONE GEMM with
+``(dv+1) x (active slots)`` rows (up to ``(d+1)(dv+1) = 153``) — a shape BLAS runs near its peak.
+Same FLOPs as the materialised products (plus the zero padding of merged short segments,
+:data:`SEGMENT_MIN_ROWS`), ``r_1 / r`` of the construction.
+
+Slot order: slot 0 is the low part (``G`` rows ``[0, r_1)``), slot ``1 + j`` is coordinate
+``c = d - 1 - j`` (rows ``[t_0, t_0 + k_c)`` with ``t_0`` the start of degree ``p - 1``): the
+slots active in a segment are then a prefix of the slot list. Everything here is decided by the
+planner and stored in the plan (:class:`SplitTop`); the kernel (:mod:`polyattn.ops.approx_split`)
+only executes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .approx_bound import feature_table
+from .spec import ProblemSpec
+
+__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "split_top", "slot_table", "split_bytes"]
+
+#: Below this feature rank the materialised products are used (few, short construction steps; the
+#: split's extra GEMM calls per chunk would cost more than they save).
+SPLIT_MIN_RANK = 1000
+#: Adjacent top-degree segments shorter than this are merged (their inactive slots are zero-padded):
+#: a GEMM over fewer rows of ``G`` costs more in call overhead than the padding's FLOPs.
+SEGMENT_MIN_ROWS = 150
+#: Row chunks aim at this many bytes of low features plus the two slot-stacked work buffers
+#: (measured at n = 65536, dv = 8, 1 thread: 256 rows at r_1 = 4845, ~1000 at r_1 = 969).
+SPLIT_CHUNK_BYTES = 5 * 2**20
+
+
+@lru_cache(maxsize=64)
+def slot_table(d: int, degree: int) -> tuple[int, int, tuple[tuple[int, int, int], ...]]:
+    """``(r_1, t_0, slots)``: low rank, start of degree ``p-1`` in ``G``, and per slot
+    ``(first G row, end G row, first feature index)`` (slot order of the module docstring)."""
+    counts, _, _ = feature_table(d, degree)
+    r1 = math.comb(d + degree - 1, degree - 1)
+    t0 = r1 - math.comb(d + degree - 2, degree - 1)
+    cnt = counts[-1]
+    offs = [r1]
+    for k in cnt[:-1]:
+        offs.append(offs[-1] + k)
+    slots = [(0, r1, 0)] + [(t0, t0 + cnt[c], offs[c]) for c in reversed(range(d))]
+    return r1, t0, tuple(slots)
+
+
+@dataclass(frozen=True)
+class SplitTop:
+    """How the tree kernel runs its plain-edge products with the top degree split off.
+
+    ``segments``: ``(first G row, end G row, active slots)``; ``rows``: rows per chunk.
+    """
+
+    d: int
+    degree: int
+    low_rank: int
+    segments: tuple[tuple[int, int, int], ...]
+    rows: int
+
+    @property
+    def slots(self) -> int:
+        return self.d + 1
+
+    def padding(self) -> float:
+        """GEMM work over useful work (>= 1; the zero padding of merged segments)."""
+        r1, _, slots = slot_table(self.d, self.degree)
+        useful = sum(e - s for s, e, _ in slots)
+        return sum((b - a) * k for a, b, k in self.segments) / useful
+
+    def describe(self) -> str:
+        ms = sorted({k for _, _, k in self.segments})
+        return (f"top degree split: features built to degree {self.degree - 1} (rank {self.low_rank:,}), "
+                f"{self.slots} slots in {len(self.segments)} GEMMs of {ms[0]}-{ms[-1]} slots x (dv+1) rows "
+                f"per product, row chunks of {self.rows}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"low_rank": self.low_rank, "segments": [list(s) for s in self.segments], "rows": self.rows}
+
+
+def _segments(d: int, degree: int) -> tuple[tuple[int, int, int], ...]:
+    r1, t0, slots = slot_table(d, degree)
+    ends = [e for _, e, _ in slots]
+    bounds = sorted({0, t0, *ends})
+    segs: list[list[int]] = []
+    for a, b in zip(bounds, bounds[1:]):
+        active = sum(1 for e in ends if e >= b) if a >= t0 else 1
+        if segs and a >= t0 and segs[-1][0] >= t0 and b - segs[-1][0] <= SEGMENT_MIN_ROWS:
+            segs[-1][1], segs[-1][2] = b, max(segs[-1][2], active)
+        else:
+            segs.append([a, b, active])
+    return tuple((a, b, k) for a, b, k in segs if b > a)
+
+
+def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int) -> SplitTop | None:
+    """The split layout for a tree plan of this degree, or None (materialised products)."""
+    d = spec.head_dim
+    if degree < 2 or d < 2 or rank < SPLIT_MIN_RANK:
+        return None
+    r1 = math.comb(d + degree - 1, degree - 1)
+    work = 2 * (d + 1) * (spec.value_dim + 1)  # the two slot-stacked buffers per row
+    per_row = max(1, spec.batch * (r1 + work) * spec.itemsize)
+    rows = SPLIT_CHUNK_BYTES // per_row
+    rows = rows // 16 * 16 if rows >= 32 else max(8, rows // 8 * 8)
+    per_row_mem = spec.batch * (3 * r1 + work + 2 * (spec.value_dim + 1)) * spec.itemsize
+    rows = min(rows, max(1, budget // max(1, per_row_mem)))
+    rows = int(max(1, min(max(spec.seq_lens), rows)))
+    return SplitTop(d, degree, r1, _segments(d, degree), rows)
+
+
+def split_bytes(spec: ProblemSpec, split: SplitTop) -> float:
+    """Working memory of the split products: chunk buffers plus three slot-stacked summaries."""
+    stacked = (split.d + 1) * (spec.value_dim + 1)
+    return float(spec.batch * (split.rows * (3 * split.low_rank + 2 * stacked) + 3 * stacked * split.low_rank
+                               + max(spec.seq_lens) * (spec.value_dim + 1) * 2) * spec.itemsize)
