@@ -66,6 +66,10 @@ class SplitProducts:
         self.S, self.K, self.z = d + 1, r1, z
         self.rank = max(off + (e - s) for s, e, off in slots)
         self.segments = split.segments
+        # a segment where every slot is active (the first top-degree one): apply writes it first
+        self.full = next(i for i, (_, _, k) in enumerate(self.segments) if k == self.S)
+        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._view_cache: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         idx = torch.full((self.S, r1), self.rank, dtype=torch.long)
         for s, (a, e, off) in enumerate(slots):
             idx[s, a:e] = torch.arange(off, off + e - a)
@@ -89,38 +93,80 @@ class SplitProducts:
         st = acc.unflatten(-2, (self.S, self.z)).transpose(-3, -2)  # [..., z, S, K]
         return st.reshape(*acc.shape[:-2], self.z, self.S * self.K).index_select(-1, self.inv)
 
+    def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A work buffer reused across chunks (outside autograd; one per name and shape)."""
+        key = (name, shape, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= 8:  # a chunk loop uses two shapes (full and last chunk)
+                self._buffers.clear()
+            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+    def _views(self, kind: str, t: torch.Tensor) -> list[torch.Tensor]:
+        """Per-segment views of ``t``, cached while ``t`` is the same tensor (the reused chunk
+        buffers and an edge's prepared summary are, chunk after chunk)."""
+        hit = self._view_cache.get(kind)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        z = self.z
+        if kind == "g":
+            views = [t[a:b] for a, b, _ in self.segments]
+        elif kind == "gt":
+            views = [t[a:b].t() for a, b, _ in self.segments]
+        elif kind == "rows":
+            views = [t[: k * z] for _, _, k in self.segments]
+        else:  # "p" / "out": the active slots' rows of the segment's columns
+            views = [t[: k * z, a:b] for a, b, k in self.segments]
+        self._view_cache[kind] = (t, views)
+        return views
+
     def apply(self, p: torch.Tensor, ch: Any) -> torch.Tensor:
         g, qs = ch
+        if p.dim() == 2 and g.dim() == 2 and not _grad(p, g, qs):
+            return self._apply_flat(p, g, qs)
         rows = g.shape[-1]
         batch = torch.broadcast_shapes(p.shape[:-2], g.shape[:-2], qs.shape[:-2])
         acc = torch.zeros(*batch, self.S * self.z, rows, dtype=g.dtype, device=g.device)
-        inplace = not _grad(p, g, qs)
-        flat = inplace and p.dim() == 2 and g.dim() == 2
         for a, b, k in self.segments:
-            m = k * self.z
-            if flat:
-                acc[:m].addmm_(p[:m, a:b], g[a:b])
-            else:
-                acc[..., :m, :] += p[..., :m, a:b] @ g[..., a:b, :]
+            acc[..., : k * self.z, :] += p[..., : k * self.z, a:b] @ g[..., a:b, :]
         accv = acc.unflatten(-2, (self.S, self.z))
-        top = accv[..., 1:, :, :]
-        top = top.mul_(qs.unsqueeze(-2)) if inplace else top * qs.unsqueeze(-2)
-        return accv[..., 0, :, :] + top.sum(-3)
+        return accv[..., 0, :, :] + (accv[..., 1:, :, :] * qs.unsqueeze(-2)).sum(-3)
+
+    def _apply_flat(self, p: torch.Tensor, g: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+        """``apply`` on 2-D operands outside autograd: one reused buffer, the all-slot segment
+        written first (no zero fill), the ``q_c`` multiplies in place, one sum over the slots."""
+        rows = g.shape[-1]
+        buf = self._buffer("apply", (self.S * self.z, rows), g)
+        pv, gv, bv = self._views("p", p), self._views("g", g), self._views("rows", buf)
+        torch.mm(pv[self.full], gv[self.full], out=buf)
+        for i in range(len(self.segments)):
+            if i != self.full:
+                bv[i].addmm_(pv[i], gv[i])
+        accv = buf.view(self.S, self.z, rows)
+        accv[1:].mul_(qs.unsqueeze(1))
+        return accv.sum(0)
 
     def summarize(self, m: torch.Tensor, ch: Any, acc: torch.Tensor | None) -> torch.Tensor:
         g, qs = ch
-        m = m.expand(*torch.broadcast_shapes(m.shape[:-2], qs.shape[:-2]), *m.shape[-2:])
-        mq = torch.cat([m.unsqueeze(-3), m.unsqueeze(-3) * qs.unsqueeze(-2)], dim=-3)  # [..., S, z, rows]
-        mq = mq.reshape(*mq.shape[:-3], self.S * self.z, mq.shape[-1])
-        batch = torch.broadcast_shapes(mq.shape[:-2], g.shape[:-2])
+        flat = not _grad(m, g, qs) and m.dim() == 2 and g.dim() == 2 and (acc is None or acc.dim() == 2)
+        if flat:
+            mq = self._buffer("summarize", (self.S * self.z, m.shape[-1]), g)
+            mqv = mq.view(self.S, self.z, m.shape[-1])
+            mqv[0].copy_(m)
+            torch.mul(m.unsqueeze(0), qs.unsqueeze(1), out=mqv[1:])
+        else:
+            m = m.expand(*torch.broadcast_shapes(m.shape[:-2], qs.shape[:-2]), *m.shape[-2:])
+            mq = torch.cat([m.unsqueeze(-3), m.unsqueeze(-3) * qs.unsqueeze(-2)], dim=-3)  # [..., S, z, rows]
+            mq = mq.reshape(*mq.shape[:-3], self.S * self.z, mq.shape[-1])
         out = acc
         if out is None:
+            batch = torch.broadcast_shapes(mq.shape[:-2], g.shape[:-2])
             out = torch.zeros(*batch, self.S * self.z, self.K, dtype=g.dtype, device=g.device)
-        flat = not _grad(m, g, qs) and out.dim() == 2 and mq.dim() == 2 and g.dim() == 2
+        if flat:
+            for ov, mv, gv in zip(self._views("out", out), self._views("rows", mq), self._views("gt", g)):
+                ov.addmm_(mv, gv)
+            return out
         for a, b, k in self.segments:
-            rows = k * self.z
-            if flat:
-                out[:rows, a:b].addmm_(mq[:rows], g[a:b].t())
-            else:
-                out[..., :rows, a:b] += mq[..., :rows, :] @ g[..., a:b, :].transpose(-1, -2)
+            out[..., : k * self.z, a:b] += mq[..., : k * self.z, :] @ g[..., a:b, :].transpose(-1, -2)
         return out

@@ -41,9 +41,10 @@ from .spec import ProblemSpec
 
 __all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "split_top", "slot_table", "split_bytes"]
 
-#: Below this feature rank the materialised products are used (few, short construction steps; the
-#: split's extra GEMM calls per chunk would cost more than they save).
-SPLIT_MIN_RANK = 1000
+#: Below this feature rank the materialised products are used: the split's extra GEMM calls per
+#: chunk cost more than they save (path, n = 65536, dv = 8, 1 thread: materialised 1.1-1.25x faster
+#: at r = 153-969, even at r = 1771, split 1.25-1.3x faster at r = 1820-2925).
+SPLIT_MIN_RANK = 1500
 #: Adjacent top-degree segments shorter than this are merged (their inactive slots are zero-padded):
 #: a GEMM over fewer rows of ``G`` costs more in call overhead than the padding's FLOPs.
 SEGMENT_MIN_ROWS = 150
