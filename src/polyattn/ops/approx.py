@@ -61,14 +61,21 @@ def measure(prob: Problem) -> ApproxStats:
     def finite(x: torch.Tensor) -> torch.Tensor:
         return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
+    def abs_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, per-column max |x|)`` with non-finite entries zeroed, copying only when there are any."""
+        a = x.abs().reshape(-1, x.shape[-1]).amax(0)
+        if bool(torch.isfinite(a).all()):
+            return x, a
+        x = finite(x)
+        return x, x.abs().reshape(-1, x.shape[-1]).amax(0)
+
     eps = torch.finfo(prob.dtype).eps
     grow = 1.0 + 8 * eps
-    d = prob.spec.head_dim
     with torch.no_grad():
         ent, nrm, crd = [], [], []
         for v in range(1, prob.t + 1):
-            q = finite(prob.q[v].detach())  # type: ignore[union-attr]
-            a = q.abs().reshape(-1, d).amax(0).double()
+            q, a = abs_max(prob.q[v].detach())  # type: ignore[union-attr]
+            a = a.double()
             crd.append(tuple(x * grow for x in a.tolist()))
             ent.append(float(a.max()) * grow)
             nrm.append(float(torch.linalg.vector_norm(q, dim=-1, dtype=torch.float64).max()) * grow)
@@ -80,7 +87,9 @@ def measure(prob: Problem) -> ApproxStats:
                 lo.append(None)
                 hi.append(None)
                 continue
-            mn, mx = torch.aminmax(finite(x.detach()).reshape(-1, x.shape[-1]), dim=0)
+            mn, mx = torch.aminmax(x.detach().reshape(-1, x.shape[-1]), dim=0)
+            if not bool(torch.isfinite(mn).all() and torch.isfinite(mx).all()):
+                mn, mx = torch.aminmax(finite(x.detach()).reshape(-1, x.shape[-1]), dim=0)
             lo.append(tuple(mn.double().tolist()))
             hi.append(tuple(mx.double().tolist()))
     return ApproxStats(tuple(ent), tuple(nrm), tuple(crd), tuple(lo), tuple(hi))
