@@ -132,7 +132,13 @@ def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int) -> SplitTo
 
 
 def split_bytes(spec: ProblemSpec, split: SplitTop) -> float:
-    """Working memory of the split products: chunk buffers plus three slot-stacked summaries."""
-    stacked = (split.d + 1) * (spec.value_dim + 1)
-    return float(spec.batch * (split.rows * (3 * split.low_rank + 2 * stacked) + 3 * stacked * split.low_rank
-                               + max(spec.seq_lens) * (spec.value_dim + 1) * 2) * spec.itemsize)
+    """Forward working memory of the split products: chunk buffers (features, two slot-stacked work
+    buffers), five slot-stacked summaries (an edge's prepared one, the accumulating one, and the
+    copies of stacking), three summaries in feature order, two full-length messages and the
+    transposed copies of three variables' queries."""
+    z = spec.value_dim + 1
+    stacked = (split.d + 1) * z
+    rank = math.comb(split.d + split.degree, split.degree)
+    elems = (split.rows * (3 * split.low_rank + 2 * stacked) + 5 * stacked * split.low_rank + 3 * z * rank
+             + max(spec.seq_lens) * (z * 2 + 3 * spec.head_dim))
+    return float(spec.batch * elems * spec.itemsize)
