@@ -31,14 +31,14 @@ import torch
 from polyattn.ops.approx import approx_attention
 from polyattn.ops.approx_cost import cost_model, kernel_constants
 from polyattn.ops.approx_features import Features
-from polyattn.ops.approx_split import DenseProducts, SplitProducts
+from polyattn.ops.approx_split import products_for
 from polyattn.ops.inputs import prepare
 from polyattn.planning import ProblemSpec
 from polyattn.planning.approx import ApproximationRangeError, ApproxPlan, chunk_rows, feature_rank
 
 from ..functional import plan_for, poly_attention
 from ..planning import plan as make_structure_plan
-from ..timing import median
+from ..timing import median, time_interleaved
 
 __all__ = ["suite_sweep", "suite_throughput", "suite_calibrate", "DISTRIBUTIONS", "values"]
 
@@ -236,21 +236,6 @@ def _plot_sweep(rows: list[dict], args: argparse.Namespace) -> None:
 THROUGHPUT_CONFIGS = ((16, 4), (32, 3), (20, 4), (16, 5))
 
 
-def _round_robin(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each candidate on the bench clock, measured round-robin (one warm-up)."""
-    from .approx import clock
-
-    for fn in fns.values():
-        fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(1, reps)):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            out[k].append(clock() - t0)
-    return out
-
-
 def _aligned_square(flops: float) -> int:
     """Side of the FLOP-matched square matmul, rounded to a multiple of 64: MKL runs odd sizes
     (e.g. m = 2253) at ~70 % of its speed at aligned ones, which would flatter every ratio."""
@@ -261,14 +246,9 @@ def _products_alone(plan: ApproxPlan, q: torch.Tensor, dv1: int, n: int) -> tupl
     """(products, construction) of the call on one precomputed chunk, repeated to cover its rows:
     the path's two edges = two summaries and two applications over n rows, three feature builds."""
     g = torch.Generator().manual_seed(0)
-    split = plan.split
     qt = q.t().contiguous()
-    if split is not None:
-        prods: DenseProducts | SplitProducts = SplitProducts(split, 1.0, dv1, q.device, q.dtype)
-        rows = split.rows
-    else:
-        prods = DenseProducts(Features(plan.spec.head_dim, plan.degree, 1.0, q.device, q.dtype))  # type: ignore[arg-type]
-        rows = plan.chunk_rows
+    feats = Features(plan.spec.head_dim, plan.degree, 1.0, q.device, q.dtype)  # type: ignore[arg-type]
+    prods, rows = products_for(plan, feats, dv1)
     ch = prods.chunk(qt[:, :rows])
     ch = tuple(x.clone() for x in ch) if isinstance(ch, tuple) else ch.clone()
     a = prods.prepare(torch.randn(dv1, plan.rank, generator=g))
@@ -303,14 +283,16 @@ def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
     m = _aligned_square(flops)
     x, y = torch.randn(m, m, generator=g), torch.randn(m, m, generator=g)
     products, build = _products_alone(plan, q[0], dv + 1, n)
+    from .approx import clock
+
     with torch.no_grad():
-        ts = _round_robin({
+        ts = time_interleaved({
             "call": lambda: poly_attention(PATH, q, v, method="approx", degree=p, allow_slower=True),
             "materialised": lambda: approx_attention(prob, materialised),
             "square": lambda: x @ y,
             "products": products,
             "build": build,
-        }, reps)
+        }, repeats=max(1, reps), clock=clock)
     best = {k: min(t) for k, t in ts.items()}
     t, t_sq = best["call"], best["square"]
     rate_sq = 2.0 * m**3 / t_sq

@@ -19,14 +19,24 @@ same GEMMs run out of place (the chunk is recomputed in backward by the caller's
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from ..planning.approx import ApproxPlan
 from ..planning.approx_split import SplitTop, slot_table
 from .approx_features import Features
 
-__all__ = ["DenseProducts", "SplitProducts"]
+__all__ = ["DenseProducts", "SplitProducts", "products_for"]
+
+
+def products_for(plan: ApproxPlan, feats: Features, z: int) -> tuple[DenseProducts | SplitProducts, int]:
+    """The plain-edge products the plan names and their rows per chunk (``feats``: the full-degree
+    features, used by the materialised form)."""
+    if plan.split is not None:
+        return SplitProducts(plan.split, feats.scale, z, feats.device, feats.dtype), plan.split.rows
+    return DenseProducts(feats), max(1, plan.chunk_rows)
 
 
 def _grad(*xs: torch.Tensor) -> bool:
@@ -64,7 +74,7 @@ class SplitProducts:
         r1, _, slots = slot_table(d, p)
         self.low = Features(d, p - 1, scale, device, dtype)
         self.S, self.K, self.z = d + 1, r1, z
-        self.rank = max(off + (e - s) for s, e, off in slots)
+        self.rank = math.comb(d + p, p)
         self.segments = split.segments
         # a segment where every slot is active (the first top-degree one): apply writes it first
         self.full = next(i for i, (_, _, k) in enumerate(self.segments) if k == self.S)
@@ -104,8 +114,9 @@ class SplitProducts:
         return buf
 
     def _views(self, kind: str, t: torch.Tensor) -> list[torch.Tensor]:
-        """Per-segment views of ``t``, cached while ``t`` is the same tensor (the reused chunk
-        buffers and an edge's prepared summary are, chunk after chunk)."""
+        """Per-segment views of ``t``, cached per ``kind`` while ``t`` is the same tensor (the reused
+        chunk buffers and an edge's prepared summary are, chunk after chunk; one kind per tensor, so
+        a middle variable's apply and summarize do not evict each other's views)."""
         hit = self._view_cache.get(kind)
         if hit is not None and hit[0] is t:
             return hit[1]
@@ -114,7 +125,7 @@ class SplitProducts:
             views = [t[a:b] for a, b, _ in self.segments]
         elif kind == "gt":
             views = [t[a:b].t() for a, b, _ in self.segments]
-        elif kind == "rows":
+        elif kind in ("buf", "mq"):  # apply's and summarize's buffers: the active slots' rows
             views = [t[: k * z] for _, _, k in self.segments]
         else:  # "p" / "out": the active slots' rows of the segment's columns
             views = [t[: k * z, a:b] for a, b, k in self.segments]
@@ -138,7 +149,7 @@ class SplitProducts:
         written first (no zero fill), the ``q_c`` multiplies in place, one sum over the slots."""
         rows = g.shape[-1]
         buf = self._buffer("apply", (self.S * self.z, rows), g)
-        pv, gv, bv = self._views("p", p), self._views("g", g), self._views("rows", buf)
+        pv, gv, bv = self._views("p", p), self._views("g", g), self._views("buf", buf)
         torch.mm(pv[self.full], gv[self.full], out=buf)
         for i in range(len(self.segments)):
             if i != self.full:
@@ -164,7 +175,7 @@ class SplitProducts:
             batch = torch.broadcast_shapes(mq.shape[:-2], g.shape[:-2])
             out = torch.zeros(*batch, self.S * self.z, self.K, dtype=g.dtype, device=g.device)
         if flat:
-            for ov, mv, gv in zip(self._views("out", out), self._views("rows", mq), self._views("gt", g)):
+            for ov, mv, gv in zip(self._views("out", out), self._views("mq", mq), self._views("gt", g)):
                 ov.addmm_(mv, gv)
             return out
         for a, b, k in self.segments:

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..planning.approx import ApproxPlan
 from .approx_features import Features
-from .approx_split import DenseProducts, SplitProducts
+from .approx_split import DenseProducts, SplitProducts, products_for
 from .inputs import Problem
 
 __all__ = ["tree_approx", "prefix_message", "run_chunk", "value_ext", "finish"]
@@ -260,11 +260,7 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
     for c in plan.order:
         children[edges[c].parent].append(c)
     chunk = max(1, plan.chunk_rows)
-    prods: DenseProducts | SplitProducts = DenseProducts(feats)
-    plain_chunk = chunk
-    if plan.split is not None:
-        prods = SplitProducts(plan.split, prob.scale, prob.dv + 1, prob.device, prob.dtype)
-        plain_chunk = plan.split.rows
+    prods, plain_chunk = products_for(plan, feats, prob.dv + 1)
     block = plan.causal_block
     summary: dict[int, torch.Tensor] = {}  # plain child -> A^T [..., dv1, r or 1]
     causal_msg: dict[int, torch.Tensor] = {}  # causal child -> message to its parent [..., n_u, dv1]

@@ -109,7 +109,7 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
     ``1 / SPLIT_GEMM_GAIN`` of their FLOPs. Contract: ``flops`` is the planned einsum cost and every
     variable's features are built once (x1's per final chunk).
     """
-    from .approx_layout import build_ops_per_chunk
+    from .approx_layout import build_ops_per_chunk, edge_steps
 
     b, d = spec.batch, spec.head_dim
     chunk = max(1, chunk)
@@ -136,10 +136,8 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
             with_feats.update((u, c))
     if split is not None:
         per_split = build_ops_per_chunk(d, degree - 1) + SPLIT_OPS_PER_CHUNK + 2 * len(split.segments)
-        dv1 = spec.value_dim + 1
-        plain = sum(b * (spec.seq_lens[u - 1] + spec.seq_lens[c - 1]) * rank * (2.0 * dv1 + 1)
-                    for c, u in parent.items()
-                    if (min(u, c), max(u, c)) in monos and (u, c) not in causal and (c, u) not in causal)
+        plain = sum(st.flops for st in edge_steps(spec, parent, tuple(parent), rank)
+                    if st.logits and st.scope[-1] != -1)  # the plain logit edges' products
         flops = flops - plain + plain * split.padding() / SPLIT_GEMM_GAIN
     for v in with_feats:
         n = spec.seq_lens[v - 1]
@@ -150,7 +148,6 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
             entries += float(b * n * rank)
             ops += math.ceil(n / chunk) * per_chunk_ops
     return float(flops), entries, ops, rows
-
 
 
 def approx_seconds(work: tuple[float, float, float, float], model: CostModel) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MethodError
-from .approx_split import SplitTop, split_bytes, split_top
+from .approx_split import SplitTop, cache_rows, split_bytes, split_top
 from .details import StepKind
 from .plan import Step
 from .spec import ProblemSpec
@@ -94,12 +94,7 @@ CAUSAL_BLOCK = 64
 
 def chunk_rows(spec: ProblemSpec, rank: int, budget: int) -> int:
     """Rows per chunk: cache-sized (:data:`CHUNK_FEATURE_BYTES`), within ``budget``, a multiple of 8."""
-    per_row_cache = max(1, spec.batch * rank * spec.itemsize)
-    rows = CHUNK_FEATURE_BYTES // per_row_cache
-    rows = rows // 16 * 16 if rows >= 32 else max(8, rows // 8 * 8)
-    per_row_mem = spec.batch * (rank * 3 + 2 * (spec.value_dim + 1)) * spec.itemsize
-    rows = min(rows, max(1, budget // max(1, per_row_mem)))
-    return int(max(1, min(max(spec.seq_lens), rows)))
+    return cache_rows(spec, rank, CHUNK_FEATURE_BYTES, rank * 3 + 2 * (spec.value_dim + 1), budget)
 
 
 def causal_block(spec: ProblemSpec, rank: int, budget: int) -> int:

@@ -39,7 +39,8 @@ from functools import lru_cache
 from .approx_bound import feature_table
 from .spec import ProblemSpec
 
-__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "split_top", "slot_table", "split_bytes"]
+__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "split_top", "slot_table", "split_bytes",
+           "cache_rows"]
 
 #: Below this feature rank the materialised products are used: the split's extra GEMM calls per
 #: chunk cost more than they save (path, n = 65536, dv = 8, 1 thread: materialised 1.1-1.25x faster
@@ -87,7 +88,7 @@ class SplitTop:
 
     def padding(self) -> float:
         """GEMM work over useful work (>= 1; the zero padding of merged segments)."""
-        r1, _, slots = slot_table(self.d, self.degree)
+        _, _, slots = slot_table(self.d, self.degree)
         useful = sum(e - s for s, e, _ in slots)
         return sum((b - a) * k for a, b, k in self.segments) / useful
 
@@ -122,13 +123,18 @@ def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int) -> SplitTo
         return None
     r1 = math.comb(d + degree - 1, degree - 1)
     work = 2 * (d + 1) * (spec.value_dim + 1)  # the two slot-stacked buffers per row
-    per_row = max(1, spec.batch * (r1 + work) * spec.itemsize)
-    rows = SPLIT_CHUNK_BYTES // per_row
-    rows = rows // 16 * 16 if rows >= 32 else max(8, rows // 8 * 8)
-    per_row_mem = spec.batch * (3 * r1 + work + 2 * (spec.value_dim + 1)) * spec.itemsize
-    rows = min(rows, max(1, budget // max(1, per_row_mem)))
-    rows = int(max(1, min(max(spec.seq_lens), rows)))
+    rows = cache_rows(spec, r1 + work, SPLIT_CHUNK_BYTES, 3 * r1 + work + 2 * (spec.value_dim + 1), budget)
     return SplitTop(d, degree, r1, _segments(d, degree), rows)
+
+
+def cache_rows(spec: ProblemSpec, cache_elems: int, target_bytes: int, mem_elems: int, budget: int) -> int:
+    """Rows per chunk: about ``target_bytes`` of the ``cache_elems`` per row that should stay in cache,
+    a multiple of 16 (of 8 when small), within ``budget`` at ``mem_elems`` per row, at most the
+    longest sequence."""
+    rows = target_bytes // max(1, spec.batch * cache_elems * spec.itemsize)
+    rows = rows // 16 * 16 if rows >= 32 else max(8, rows // 8 * 8)
+    rows = min(rows, max(1, budget // max(1, spec.batch * mem_elems * spec.itemsize)))
+    return int(max(1, min(max(spec.seq_lens), rows)))
 
 
 def split_bytes(spec: ProblemSpec, split: SplitTop) -> float:
