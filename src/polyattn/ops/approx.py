@@ -58,23 +58,27 @@ def measure(prob: Problem) -> ApproxStats:
     the other rows.
     """
 
-    def finite(x: torch.Tensor) -> torch.Tensor:
-        return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    def finite_stats(x: torch.Tensor, stats: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]):  # noqa: ANN202
+        """``(x, stats(x))`` over the finite entries: ``x`` is copied with its non-finite entries
+        zeroed only when the statistics show there are any."""
+        out = stats(x)
+        if all(bool(torch.isfinite(o).all()) for o in out):
+            return x, out
+        x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x, stats(x)
 
-    def abs_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, per-column max |x|)`` with non-finite entries zeroed, copying only when there are any."""
-        a = x.abs().reshape(-1, x.shape[-1]).amax(0)
-        if bool(torch.isfinite(a).all()):
-            return x, a
-        x = finite(x)
-        return x, x.abs().reshape(-1, x.shape[-1]).amax(0)
+    def abs_max(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x.abs().reshape(-1, x.shape[-1]).amax(0),)
+
+    def min_max(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0))
 
     eps = torch.finfo(prob.dtype).eps
     grow = 1.0 + 8 * eps
     with torch.no_grad():
         ent, nrm, crd = [], [], []
         for v in range(1, prob.t + 1):
-            q, a = abs_max(prob.q[v].detach())  # type: ignore[union-attr]
+            q, (a,) = finite_stats(prob.q[v].detach(), abs_max)  # type: ignore[union-attr]
             a = a.double()
             crd.append(tuple(x * grow for x in a.tolist()))
             ent.append(float(a.max()) * grow)
@@ -87,9 +91,7 @@ def measure(prob: Problem) -> ApproxStats:
                 lo.append(None)
                 hi.append(None)
                 continue
-            mn, mx = torch.aminmax(x.detach().reshape(-1, x.shape[-1]), dim=0)
-            if not bool(torch.isfinite(mn).all() and torch.isfinite(mx).all()):
-                mn, mx = torch.aminmax(finite(x.detach()).reshape(-1, x.shape[-1]), dim=0)
+            _, (mn, mx) = finite_stats(x.detach(), min_max)
             lo.append(tuple(mn.double().tolist()))
             hi.append(tuple(mx.double().tolist()))
     return ApproxStats(tuple(ent), tuple(nrm), tuple(crd), tuple(lo), tuple(hi))
