@@ -9,6 +9,9 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import as_layout
 
 import polyattn
 from polyattn import PolyAttentionError
@@ -460,6 +463,31 @@ def test_feature_columns_reuse_buffers_correctly(batch):
         torch.testing.assert_close(got, whole[..., r0 : r0 + 100])
     assert len(f._buffers) == 2
     torch.testing.assert_close(f(q), whole.transpose(-1, -2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 700), cols=st.integers(1, 40), batch=st.sampled_from([(), (3,), (2, 2)]),
+       layout=st.sampled_from(["plain", "transposed", "sliced_last", "sliced_seq", "expand_batch"]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16))
+def test_entry_statistics_are_exact_maxima_and_safe_norms(rows, cols, batch, layout, dtype, seed):
+    """The statistics' fast column reductions equal the plain ones (any row count, views, dtypes),
+    and the float32-summed row norms are never below the float64 ones."""
+    from polyattn.ops.approx import _column_reduce, measure
+    from polyattn.ops.inputs import prepare
+
+    g = torch.Generator().manual_seed(seed)
+    x = as_layout((torch.randn(*batch, rows, cols, generator=g) * 10 ** torch.randint(-3, 4, (cols,), generator=g))
+                  .to(dtype), layout)
+    flat = x.reshape(-1, cols)
+    for op in (torch.amax, torch.amin):
+        assert torch.equal(_column_reduce(x, op), op(flat, dim=0))
+    q = [x.float(), x.float()]
+    v = [torch.randn(*batch, rows, 3, generator=g)]
+    stats = measure(prepare("x1*x2", q, v))
+    exact = torch.linalg.vector_norm(x.double(), dim=-1).max().item()
+    assert stats.row_norm_max[0] >= exact
+    assert stats.row_norm_max[0] <= exact * (1 + 1e-5) + 1e-30
+    assert stats.coord_max[0] == pytest.approx(x.abs().reshape(-1, cols).amax(0).double().tolist(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- benchmark suites
