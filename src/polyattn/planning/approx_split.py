@@ -49,11 +49,12 @@ SPLIT_MIN_RANK = 1500
 #: Adjacent top-degree segments shorter than this are merged (their inactive slots are zero-padded):
 #: a GEMM over fewer rows of ``G`` costs more in call overhead than the padding's FLOPs.
 SEGMENT_MIN_ROWS = 150
-#: Row chunks aim at this many bytes of low features plus the two slot-stacked work buffers, about
-#: the L2 cache of one core (path, n = 65536, dv = 8, 1 thread, round-robin in one process: 512-768
-#: rows at r_1 = 969 ran 1.1-1.15x faster than 1024; 128-192 rows at r_1 = 4845 ran within noise of
-#: 256 and 1.1x faster than 320; flat from 300 to 600 rows at r_1 = 1771).
-SPLIT_CHUNK_BYTES = 5 * 2**19
+#: Row chunks aim at this many bytes of low features plus the two slot-stacked work buffers
+#: (measured at n = 65536, dv = 8, 1 thread: 256 rows at r_1 = 4845, ~1000 at r_1 = 969). Half of it
+#: (~L2, 512 rows at r_1 = 969) ran the forward 1.05-1.15x faster in some runs, within noise in
+#: others, but doubled the number of chunks, and with it the forward+backward peak under autograd
+#: (which grows by ~0.4 MB per chunk: docs/approximation.md, limitations): not taken.
+SPLIT_CHUNK_BYTES = 5 * 2**20
 
 
 @lru_cache(maxsize=64)
