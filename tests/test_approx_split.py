@@ -180,3 +180,16 @@ def test_split_against_exact_with_views_and_nan():
     q[2][0, 5, 1] = float("nan")
     out = polyattn.poly_attention("x1*x2 + x2*x3", q, v, **kw)
     assert out[0].isnan().all() and torch.isfinite(out[1, :7]).all()
+
+
+def test_gemm_operands_get_aligned_non_power_of_two_strides():
+    from polyattn.ops.approx_features import aligned_empty, padded_stride
+
+    assert [padded_stride(n) for n in (1, 15, 16, 240, 512, 561, 969, 1024)] == [32, 32, 32, 240, 528, 576, 976, 1040]
+    x = aligned_empty(2, 3, 969, dtype=torch.float32, device=torch.device("cpu"), zero=True)
+    assert x.shape == (2, 3, 969) and x.stride() == (3 * 976, 976, 1) and not x.any()
+    sp = SplitProducts(SplitTop(16, 4, 969, split_mod._segments(16, 4), 64), 1.0, 9, torch.device("cpu"),
+                       torch.float32)
+    prepared = sp.prepare(torch.randn(9, feature_rank(16, 4)))
+    assert prepared.stride(-2) == 976
+    torch.testing.assert_close(sp.finish(prepared), sp.finish(prepared.contiguous()))

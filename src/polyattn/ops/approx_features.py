@@ -26,7 +26,7 @@ import torch
 
 from ..planning.approx import feature_table
 
-__all__ = ["Features", "padded_stride", "STRIDE_ALIGN"]
+__all__ = ["Features", "padded_stride", "aligned_empty", "STRIDE_ALIGN"]
 
 
 @lru_cache(maxsize=32)
@@ -50,13 +50,20 @@ def padded_stride(n: int) -> int:
     return m + STRIDE_ALIGN if m & (m - 1) == 0 else m
 
 
+def aligned_empty(*shape: int, dtype: torch.dtype, device: torch.device, zero: bool = False) -> torch.Tensor:
+    """An uninitialised (or zeroed) ``shape`` tensor whose row stride is :func:`padded_stride` of its
+    last dim: a view of a slightly wider buffer, for GEMM operands."""
+    make = torch.zeros if zero else torch.empty
+    return make(*shape[:-1], padded_stride(shape[-1]), dtype=dtype, device=device)[..., : shape[-1]]
+
+
 class _ChunkBuffer:
     """A reusable ``[*batch, r, rows]`` buffer plus the slice views of every construction step."""
 
     def __init__(self, counts: tuple[tuple[int, ...], ...], degree: int, d: int, rank: int,
                  shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         *batch, _, rows = shape  # shape of q^T: [*batch, d, rows]
-        self.out = torch.empty(*batch, rank, padded_stride(rows), dtype=dtype, device=device)[..., :rows]
+        self.out = aligned_empty(*batch, rank, rows, dtype=dtype, device=device)
         self.out[..., 0, :] = 1
         self.coords = self.out[..., 1 : 1 + d, :] if degree >= 1 else None
         steps = []

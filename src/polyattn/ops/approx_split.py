@@ -26,7 +26,7 @@ import torch
 
 from ..planning.approx import ApproxPlan
 from ..planning.approx_split import SplitTop, slot_table
-from .approx_features import Features, padded_stride
+from .approx_features import Features, aligned_empty
 
 __all__ = ["DenseProducts", "SplitProducts", "products_for"]
 
@@ -100,8 +100,7 @@ class SplitProducts:
         st = st.transpose(-3, -2).reshape(*a.shape[:-2], self.S * self.z, self.K)
         if _grad(st):
             return st.contiguous()
-        out = st.new_empty(*st.shape[:-1], padded_stride(self.K))[..., : self.K]  # aligned row stride
-        return out.copy_(st)
+        return aligned_empty(*st.shape, dtype=st.dtype, device=st.device).copy_(st)
 
     def finish(self, acc: torch.Tensor) -> torch.Tensor:
         st = acc.unflatten(-2, (self.S, self.z)).transpose(-3, -2)  # [..., z, S, K]
@@ -114,8 +113,7 @@ class SplitProducts:
         if buf is None:
             if len(self._buffers) >= 8:  # a chunk loop uses two shapes (full and last chunk)
                 self._buffers.clear()
-            buf = torch.empty(*shape[:-1], padded_stride(shape[-1]), dtype=like.dtype, device=like.device)
-            buf = self._buffers[key] = buf[..., : shape[-1]]
+            buf = self._buffers[key] = aligned_empty(*shape, dtype=like.dtype, device=like.device)
         return buf
 
     def _views(self, kind: str, t: torch.Tensor) -> list[torch.Tensor]:
@@ -178,8 +176,7 @@ class SplitProducts:
         out = acc
         if out is None:
             batch = torch.broadcast_shapes(mq.shape[:-2], g.shape[:-2])
-            out = torch.zeros(*batch, self.S * self.z, padded_stride(self.K), dtype=g.dtype, device=g.device)
-            out = out[..., : self.K]
+            out = aligned_empty(*batch, self.S * self.z, self.K, dtype=g.dtype, device=g.device, zero=True)
         if flat:
             for ov, mv, gv in zip(self._views("out", out), self._views("mq", mq), self._views("gt", g)):
                 ov.addmm_(mv, gv)
