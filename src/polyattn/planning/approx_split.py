@@ -52,8 +52,8 @@ SEGMENT_MIN_ROWS = 150
 #: Row chunks aim at this many bytes of low features plus the two slot-stacked work buffers
 #: (measured at n = 65536, dv = 8, 1 thread: 256 rows at r_1 = 4845, ~1000 at r_1 = 969). Half of it
 #: (~L2, 512 rows at r_1 = 969) ran the forward 1.05-1.15x faster in some runs, within noise in
-#: others, but doubled the number of chunks, and with it the forward+backward peak under autograd
-#: (which grows by ~0.4 MB per chunk: docs/approximation.md, limitations): not taken.
+#: others, but doubled the number of chunks, and with it the resident set of a training call
+#: (heap fragmentation grows with the chunk count: docs/approximation.md, limitations): not taken.
 SPLIT_CHUNK_BYTES = 5 * 2**20
 
 
