@@ -438,7 +438,36 @@ def test_fast_cubic_worker_parts_match_reference(monkeypatch, spec, batch, has_v
           for j, h in zip((1, 2), has_v)]
     pl = polyattn.plan_for(spec, qs, vs, method="elimination")
     assert pl.fused, str(pl)
+    if pl.detail.fused.kind != "fused-triangle":  # the row-wise kernels: the plan names the parts
+        assert pl.detail.fused.parts == 2 and "2 worker parts" in str(pl)
     _check_plan_vs_reference(pl, spec, qs, vs)
+
+
+def test_fast_cubic_kernel_runs_the_planned_parts(monkeypatch):
+    """The row-wise kernel splits over threads exactly as the plan's ``FusedCubic.parts`` says
+    (it decides nothing itself): a plan with one part runs one part even with two workers."""
+    from dataclasses import replace
+
+    from polyattn.ops import cubic_rowwise, threads
+
+    monkeypatch.setattr(threads, "workers", lambda: 2)
+    seen = []
+    run = threads.run_parts
+    monkeypatch.setattr(threads, "run_parts", lambda fn, parts: (seen.append(len(parts)), run(fn, parts))[1])
+    g = _g(11)
+    qs = [torch.randn(1, n, 4, generator=g, dtype=F64) for n in (40, 36, 38)]
+    vs = [torch.randn(1, n, 3, generator=g, dtype=F64) for n in (36, 38)]
+    pl = polyattn.plan_for("x1*x2*x3", qs, vs, method="elimination")
+    fused = pl.detail.fused
+    assert fused is not None and fused.kind == "fused-tensor3", str(pl)
+    for parts in (1, 2):
+        seen.clear()
+        detail = replace(pl.detail, fused=replace(fused, parts=parts, row_chunk=8))
+        out = polyattn.poly_attention(replace(pl, detail=detail), qs, vs)
+        assert seen == [parts]
+        ref = polyattn.poly_attention("x1*x2*x3", qs, vs, method="reference")
+        torch.testing.assert_close(out, ref)
+    assert cubic_rowwise._parts(3, 40, 8, 2)[0][1] == (0, 40)  # three heads: split by heads
 
 
 def test_fast_cubic_double_backward_refused(dense_limit):

@@ -40,7 +40,7 @@ def fast_cubic(prob: Problem, fused: FusedCubic) -> torch.Tensor | None:
     else:
         triangle = fused.kind == StepKind.FUSED_TRIANGLE_ROWWISE
         acc = rowwise_cubic(q1, q2, q3, v2, v3, scale=s, row_chunk=fused.row_chunk,
-                            key_chunk=fused.key_chunk, triangle=triangle, dv=dv)
+                            key_chunk=fused.key_chunk, parts=fused.parts, triangle=triangle, dv=dv)
     out = acc[..., :dv] / acc[..., dv:]
     return out.reshape(*prob.batch_shape, prob.n(1), dv)
 

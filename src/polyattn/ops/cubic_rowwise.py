@@ -38,7 +38,6 @@ import math
 import torch
 
 from ..errors import PolyAttentionError
-from ..planning import plan_cubic
 from . import threads, trace
 
 __all__ = ["rowwise_cubic", "LOG2E", "fold_vmap", "DOUBLE_BACKWARD"]
@@ -178,59 +177,60 @@ def _backward_part(q1, q2, q3, v2, v3, shift, g, rows, scale, rc, kc, triangle, 
     return dq1.mul_(scale), dq2.mul_(scale), dq3.mul_(scale), dv2, dv3
 
 
-def _parts(B: int, n1: int, rc: int) -> list[tuple[slice, tuple[int, int]]]:
-    """Independent parts ``(heads, query rows)`` for the worker threads: ranges of heads (one part
-    per thread, at most one per head) when there are ``plan_cubic.ROW_SPLIT_PARTS`` heads or more,
-    else that many ranges of whole query-row chunks (each part then holds its own blocks and
-    gradient accumulators, which the plan's memory figure counts)."""
+def _parts(B: int, n1: int, rc: int, planned: int) -> list[tuple[slice, tuple[int, int]]]:
+    """Independent parts ``(heads, query rows)`` for the worker threads, as the plan says
+    (``planned`` = :attr:`FusedCubic.parts`; 1: one part): ranges of heads (one part per thread, at
+    most one per head) when there are ``planned`` heads or more, else ``planned`` ranges of whole
+    query-row chunks (each part then holds its own blocks and gradient accumulators, which the plan's
+    memory figure counts). Fewer worker threads than parts: fewer parts."""
     T = threads.workers()
-    if T <= 1:
+    if T <= 1 or planned <= 1:
         return [(slice(0, B), (0, n1))]
-    if B >= plan_cubic.ROW_SPLIT_PARTS:
+    if B >= planned:
         P = min(T, B)
         cuts = [B * i // P for i in range(P + 1)]
         return [(slice(a, b), (0, n1)) for a, b in zip(cuts, cuts[1:]) if b > a]
-    P = min(T, plan_cubic.ROW_SPLIT_PARTS)
+    P = min(T, planned)
     nb = -(-n1 // rc)
     cuts = [rc * (nb * i // P) for i in range(P + 1)]
     cuts[-1] = n1
     return [(slice(0, B), (a, b)) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def _forward(q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv):  # noqa: ANN001, ANN202
+def _forward(q1, q2, q3, v2, v3, scale, rc, kc, parts, triangle, dv):  # noqa: ANN001, ANN202
     """``(acc [B, n1, dv+1], M [B, n1])``: the accumulator and the row shifts (base 2)."""
     B, n1, _ = q1.shape
     n2 = q2.shape[1]
     acc = q1.new_empty(B, n1, dv + 1)
     shift = q1.new_empty(B, n1)
-    parts = _parts(B, n1, rc) if _parallel(q1, q2, q3) else [(slice(0, B), (0, n1))]
+    split = _parts(B, n1, rc, parts)
 
     def part(hs: slice, rows: tuple[int, int]) -> None:
         with torch.no_grad():
             _forward_part(q1[hs], q2[hs], q3[hs], _sl(v2, hs), _sl(v3, hs), acc[hs], shift[hs], rows,
                           scale, rc, kc, triangle)
 
-    threads.run_parts(part, parts)
+    threads.run_parts(part, split)
     kind = _kind(triangle)
     for r0, r1, b0, b1 in _blocks(n1, n2, rc, kc):
         trace.emit("fused", kind=kind, rows=(r0, r1), keys=(b0, b1), cols=(0, dv + 1))
     return acc, shift
 
 
-def _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # noqa: ANN001, ANN202
+def _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, parts, triangle, need):  # noqa: ANN001, ANN202
     B, n1, _ = q1.shape
     n2 = q2.shape[1]
-    parts = _parts(B, n1, rc) if _parallel(q1, q2, q3) else [(slice(0, B), (0, n1))]
+    split = _parts(B, n1, rc, parts)
 
     def part(hs: slice, rows: tuple[int, int]):  # noqa: ANN202
         with torch.no_grad():
             return _backward_part(q1[hs], q2[hs], q3[hs], _sl(v2, hs), _sl(v3, hs), shift[hs], g[hs], rows,
                                   scale, rc, kc, triangle, need)
 
-    res = threads.run_parts(part, parts)
+    res = threads.run_parts(part, split)
     if len(res) == 1:
         grads = res[0]
-    elif parts[0][1] == (0, n1):  # split by heads: concatenate
+    elif split[0][1] == (0, n1):  # split by heads: concatenate
         grads = tuple(None if xs[0] is None else torch.cat(xs, 0) for xs in zip(*res))
     else:  # split by query rows: the parts' gradients add up
         grads = tuple(None if xs[0] is None else torch.stack(xs).sum(0) for xs in zip(*res))
@@ -243,11 +243,6 @@ def _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # n
 
 def _sl(x: torch.Tensor | None, hs: slice) -> torch.Tensor | None:
     return None if x is None else x[hs]
-
-
-def _parallel(q1: torch.Tensor, q2: torch.Tensor, q3: torch.Tensor) -> bool:
-    """Worth splitting over threads: ``plan_cubic.PARALLEL_MIN_TUPLES`` tuples or more."""
-    return q1.shape[0] * q1.shape[1] * q2.shape[1] * q3.shape[1] >= plan_cubic.PARALLEL_MIN_TUPLES
 
 
 DOUBLE_BACKWARD = (
@@ -276,9 +271,9 @@ class _RowwiseGrad(torch.autograd.Function):
     rule. Differentiating it again raises."""
 
     @staticmethod
-    def forward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # noqa: ANN001, ANN205
+    def forward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, parts, triangle, need):  # noqa: ANN001, ANN205
         with torch.no_grad():
-            return _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need)
+            return _backward(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, parts, triangle, need)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
@@ -289,9 +284,9 @@ class _RowwiseGrad(torch.autograd.Function):
         raise PolyAttentionError(DOUBLE_BACKWARD)
 
     @staticmethod
-    def vmap(info, in_dims, q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle, need):  # noqa: ANN001, ANN205
+    def vmap(info, in_dims, q1, q2, q3, v2, v3, shift, g, scale, rc, kc, parts, triangle, need):  # noqa: ANN001, ANN205
         xs = fold_vmap(info.batch_size, in_dims[:7], (q1, q2, q3, v2, v3, shift, g))
-        grads = _RowwiseGrad.apply(*xs, scale, rc, kc, triangle, need)
+        grads = _RowwiseGrad.apply(*xs, scale, rc, kc, parts, triangle, need)
         size = info.batch_size
         out = tuple(None if x is None else x.reshape(size, -1, *x.shape[1:]) for x in grads)
         return out, tuple(None if x is None else 0 for x in grads)
@@ -299,28 +294,28 @@ class _RowwiseGrad(torch.autograd.Function):
 
 class _Rowwise(torch.autograd.Function):
     @staticmethod
-    def forward(q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv):  # noqa: ANN001, ANN205
-        return _forward(q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv)
+    def forward(q1, q2, q3, v2, v3, scale, rc, kc, parts, triangle, dv):  # noqa: ANN001, ANN205
+        return _forward(q1, q2, q3, v2, v3, scale, rc, kc, parts, triangle, dv)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv = inputs
+        q1, q2, q3, v2, v3, scale, rc, kc, parts, triangle, dv = inputs
         ctx.save_for_backward(q1, q2, q3, v2, v3, output[1])
-        ctx.meta = (scale, rc, kc, triangle)
+        ctx.meta = (scale, rc, kc, parts, triangle)
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, g, _gshift):  # noqa: ANN001, ANN205
         q1, q2, q3, v2, v3, shift = ctx.saved_tensors
-        scale, rc, kc, triangle = ctx.meta
-        grads = _RowwiseGrad.apply(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, triangle,
+        scale, rc, kc, parts, triangle = ctx.meta
+        grads = _RowwiseGrad.apply(q1, q2, q3, v2, v3, shift, g, scale, rc, kc, parts, triangle,
                                    tuple(ctx.needs_input_grad[:5]))
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
     @staticmethod
-    def vmap(info, in_dims, q1, q2, q3, v2, v3, scale, rc, kc, triangle, dv):  # noqa: ANN001, ANN205
+    def vmap(info, in_dims, q1, q2, q3, v2, v3, scale, rc, kc, parts, triangle, dv):  # noqa: ANN001, ANN205
         xs = fold_vmap(info.batch_size, in_dims[:5], (q1, q2, q3, v2, v3))
-        acc, shift = _Rowwise.apply(*xs, scale, rc, kc, triangle, dv)
+        acc, shift = _Rowwise.apply(*xs, scale, rc, kc, parts, triangle, dv)
         size = info.batch_size
         return (acc.reshape(size, -1, *acc.shape[1:]), shift.reshape(size, -1, *shift.shape[1:])), (0, 0)
 
@@ -335,9 +330,12 @@ def rowwise_cubic(
     scale: float,
     row_chunk: int,
     key_chunk: int,
+    parts: int,
     triangle: bool,
     dv: int,
 ) -> torch.Tensor:
     """``acc [B, n1, dv + 1]`` (values, then the normaliser) of ``x1*x2*x3`` (``triangle=False``)
-    or the triangle, in blocks of ``row_chunk`` query rows x ``key_chunk`` x2 rows."""
-    return _Rowwise.apply(q1, q2, q3, v2, v3, float(scale), int(row_chunk), int(key_chunk), bool(triangle), int(dv))[0]
+    or the triangle, in blocks of ``row_chunk`` query rows x ``key_chunk`` x2 rows, over ``parts``
+    worker parts (:func:`_parts`; the plan's :class:`~polyattn.planning.details.FusedCubic`)."""
+    return _Rowwise.apply(q1, q2, q3, v2, v3, float(scale), int(row_chunk), int(key_chunk), int(parts), bool(triangle),
+                          int(dv))[0]

@@ -136,7 +136,9 @@ class FusedCubic:
     triangle takes all of them); ``col_chunk``: value columns, the ones column included, per GEMM
     (separable triangle; the row-wise kernels take all). ``fallback``: the generic steps of the
     detail recompute the call when a separable-shift normaliser may have underflowed. The same
-    blocks run in the forward and in the (custom, recomputing) backward.
+    blocks run in the forward and in the (custom, recomputing) backward. ``parts``: worker-thread
+    parts of the row-wise kernels (1: none) — by ranges of heads when the batch has that many,
+    else by ranges of query-row chunks, whose per-part buffers the memory figure counts.
     """
 
     kind: StepKind
@@ -144,6 +146,7 @@ class FusedCubic:
     col_chunk: int
     fallback: bool
     key_chunk: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,7 @@ class Plan:
                 f"  fused      : {d.fused.kind}, chunks of {d.fused.row_chunk} query rows x "
                 f"{d.fused.col_chunk} value columns (the ones column included), "
                 f"{d.fused.key_chunk} x2 rows per block"
+                + (f", {d.fused.parts} worker parts" if d.fused.parts > 1 else "")
             )
         lines.append("  steps      :")
         for i, st in enumerate(self.steps, 1):

@@ -34,6 +34,7 @@ __all__ = [
     "DENSE_TRIANGLE_TUPLES",
     "DENSE_TRIANGLE_MAX_LEN",
     "fused_kind",
+    "worker_parts",
     "fused_cubic",
     "fused_cost",
     "fused_forward_bytes",
@@ -118,6 +119,13 @@ def _rowwise_blocks(spec: ProblemSpec, block_bytes: int) -> tuple[int, int]:
     return 1, min(n2, keys)
 
 
+def worker_parts(spec: ProblemSpec) -> int:
+    """Worker-thread parts of a row-wise kernel: :data:`ROW_SPLIT_PARTS` from
+    :data:`PARALLEL_MIN_TUPLES` tuples on, else 1 (:attr:`FusedCubic.parts`)."""
+    n1, n2, n3 = spec.seq_lens
+    return ROW_SPLIT_PARTS if spec.batch * n1 * n2 * n3 >= PARALLEL_MIN_TUPLES else 1
+
+
 def _rowwise_bytes(spec: ProblemSpec, kind: StepKind, rows: int, keys: int) -> tuple[int, int]:
     """``(forward peak, forward + backward peak)`` of a row-wise kernel, bytes.
 
@@ -146,7 +154,8 @@ def _rowwise_bytes(spec: ProblemSpec, kind: StepKind, rows: int, keys: int) -> t
         factors = n1 * n2 + n1 * n3 + n2 * n3
         part_fwd += factors
         part_bwd += factors + rows * keys + (rows + keys) * (n3 + d)
-    parts = ROW_SPLIT_PARTS if (b < ROW_SPLIT_PARTS and b * n1 * n2 * n3 >= PARALLEL_MIN_TUPLES) else 1
+    parts = worker_parts(spec)
+    parts = parts if b < parts else 1  # split by heads: the per-head buffers are not duplicated
     fwd = shared + parts * part_fwd
     bwd = shared + n1 * C + grads + parts * part_bwd
     return _slack(fwd * b * isz), _slack(max(fwd, bwd) * b * isz)
@@ -196,7 +205,7 @@ def fused_cubic(spec: ProblemSpec, kind: StepKind, budget: int) -> FusedCubic:
         rows, keys = _rowwise_blocks(spec, block)
         if block < spec.itemsize:
             rows, keys = 1, 1
-    return FusedCubic(kind, row_chunk=rows, col_chunk=C, fallback=False, key_chunk=keys)
+    return FusedCubic(kind, row_chunk=rows, col_chunk=C, fallback=False, key_chunk=keys, parts=worker_parts(spec))
 
 
 def fused_cost(spec: ProblemSpec, fc: FusedCubic) -> tuple[float, float]:
