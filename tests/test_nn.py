@@ -213,3 +213,23 @@ def test_layer_validates_method_and_causal_at_construction() -> None:
     with pytest.raises(PolyAttentionError, match="causal='tree' needs a tree polynomial"):
         PolyAttention(16, "x1*x2 + x2*x3 + x1*x3", heads=2, causal="tree")
     assert PolyAttention(16, "x1*x2 + x2*x3", heads=2, method="exact").method == "exact"
+
+
+def test_token_mask_rule_is_one_rule_for_every_entry_point() -> None:
+    """PolyAttention, PolyTransformer.forward and generate (cached and not) check ``token_mask``
+    with the same rule and message."""
+    torch.manual_seed(0)
+    layer = PolyAttention(8, "x1*x2 + x2*x3", heads=2)
+    x = torch.randn(2, 5, 8)
+    model = PolyTransformer(7, 7, dim=8, heads=2, max_len=16, causal="tree", readout="all").eval()
+    tok = torch.randint(0, 7, (2, 5))
+    bad = torch.ones(2, 5)  # float, not bool
+    pat = r"token_mask must be a bool tensor \[batch=2, (n|seq)=5\] \(True = real token, False = padding\), got torch.float32"
+    for call in (lambda: layer(x, token_mask=bad), lambda: model(tok, token_mask=bad),
+                 lambda: model.generate(tok, 2, token_mask=bad), lambda: model.generate(tok, 2, token_mask=bad, use_cache=False)):
+        with pytest.raises(PolyAttentionError, match=pat):
+            call()
+    with pytest.raises(PolyAttentionError, match=r"\[batch=2, n=5\].*got torch.bool \[2, 4\]"):
+        layer(x, token_mask=torch.ones(2, 4, dtype=torch.bool))
+    ok = torch.ones(2, 5, dtype=torch.bool)
+    torch.testing.assert_close(layer(x, token_mask=ok), layer(x))

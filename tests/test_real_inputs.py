@@ -215,7 +215,7 @@ def test_padded_batch_matches_unpadded_sequences():
             got_a = out[0] if readout == "last" else out[0, :4]
             torch.testing.assert_close(got_a, a[0], rtol=0, atol=1e-12)
             torch.testing.assert_close(out[1], b[0], rtol=0, atol=1e-12)
-    with pytest.raises(PolyAttentionError, match="token_mask must be bool"):
+    with pytest.raises(PolyAttentionError, match=r"token_mask must be a bool tensor \[batch=2, seq=6\]"):
         m(tok, token_mask=keep[:, :3])
 
 

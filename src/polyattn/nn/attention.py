@@ -30,6 +30,7 @@ from ..planning.placement import check_layer_placement, root_placed_variables
 from ..polynomial import AttentionPolynomial, parse
 from .cache import DecodeCache
 from .decode import attention_step
+from .token_mask import check_token_mask
 
 __all__ = ["PolyAttention"]
 
@@ -206,13 +207,11 @@ class PolyAttention(nn.Module):
         values = [proj.get(j) for j in range(2, self.t + 1)]
         if token_mask is not None:
             lens = {inputs[j - 1].shape[1] for j in range(2, self.t + 1)}
-            if (not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool or token_mask.dim() != 2
-                    or lens != {token_mask.shape[-1]} or token_mask.shape[0] != x.shape[0]):
+            if len(lens) > 1:
                 raise PolyAttentionError(
-                    f"token_mask must be a bool tensor [batch={x.shape[0]}, n] (True = real token) with n the "
-                    f"length of the non-query variables' tokens ({sorted(lens)}), got "
-                    f"{getattr(token_mask, 'dtype', type(token_mask).__name__)} {list(getattr(token_mask, 'shape', []))}"
+                    f"token_mask needs one length for the non-query variables' tokens, got lengths {sorted(lens)}"
                 )
+            check_token_mask(token_mask, x.shape[0], lens.pop() if lens else x.shape[1], "n")
             pad = key_padding_masks(self.polynomial, token_mask, lengths=[inp.shape[1] for inp in inputs])
             merged = dict(mask or {})
             for k, m in pad.items():

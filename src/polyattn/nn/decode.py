@@ -39,6 +39,7 @@ from ..planning import DEFAULT_MEMORY_BUDGET, make_plan, normalize_causal
 from ..planning.decode import CACHEABLE_METHODS, DecodePlan, plan_decode
 from ..polynomial import AttentionPolynomial
 from .cache import DecodeCache
+from .token_mask import check_token_mask
 
 if TYPE_CHECKING:
     from .attention import PolyAttention
@@ -81,13 +82,7 @@ def layer_decode_plan(layer: PolyAttention) -> DecodePlan:
 def _check_token_mask(token_mask: torch.Tensor | None, b: int, k: int, device: torch.device) -> torch.Tensor:
     if token_mask is None:
         return torch.ones(b, k, dtype=torch.bool, device=device)
-    if not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool or tuple(token_mask.shape) != (b, k):
-        raise PolyAttentionError(
-            f"token_mask must be a bool tensor [batch={b}, new tokens={k}] (True = real token, False = "
-            f"padding), got {getattr(token_mask, 'dtype', type(token_mask).__name__)} "
-            f"{list(getattr(token_mask, 'shape', []))}"
-        )
-    return token_mask.to(device)
+    return check_token_mask(token_mask, b, k, "new tokens").to(device)
 
 
 def attention_step(

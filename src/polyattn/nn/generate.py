@@ -22,6 +22,7 @@ import torch
 from ..errors import PolyAttentionError
 from .cache import DecodeCache
 from .decode import layer_decode_plan
+from .token_mask import check_token_mask
 
 if TYPE_CHECKING:
     from .transformer import PolyBlock, PolyTransformer
@@ -122,11 +123,7 @@ def generate(
         raise PolyAttentionError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     b, n = tokens.shape
     dev = tokens.device
-    tm = torch.ones(b, n, dtype=torch.bool, device=dev) if token_mask is None else token_mask.to(dev)
-    if tm.dtype != torch.bool or tuple(tm.shape) != (b, n):
-        raise PolyAttentionError(
-            f"token_mask must be a bool tensor [batch={b}, seq={n}] (True = real token), got {tm.dtype} {list(tm.shape)}"
-        )
+    tm = torch.ones(b, n, dtype=torch.bool, device=dev) if token_mask is None else check_token_mask(token_mask, b, n).to(dev)
     if n == 0 or not bool(tm.any(-1).all()):
         raise PolyAttentionError("every prompt needs at least one real token (token_mask True somewhere in each row)")
     if use_cache:

@@ -40,6 +40,7 @@ from ..errors import PolyAttentionError
 from ..polynomial import AttentionPolynomial
 from .attention import PolyAttention
 from .generate import generate
+from .token_mask import check_token_mask
 
 __all__ = ["PolyTransformer", "PolyBlock", "EMBEDDINGS"]
 
@@ -248,11 +249,7 @@ class PolyTransformer(nn.Module):
         last_only = self.readout == "last" and not self.causal
         last_index = None
         if token_mask is not None:
-            if token_mask.shape != tokens.shape[:2] or token_mask.dtype != torch.bool:
-                raise PolyAttentionError(
-                    f"token_mask must be bool [batch, seq] = {list(tokens.shape[:2])} (True = real "
-                    f"token), got {token_mask.dtype} {list(token_mask.shape)}"
-                )
+            check_token_mask(token_mask, *tokens.shape[:2])
             # right padding: the last real token of each sequence (position 0 if all padded)
             last_index = (token_mask.long().sum(1) - 1).clamp_(min=0)
         for i, blk in enumerate(self.blocks):
