@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from ..functional import plan_for, poly_attention
 from ..planning.approx import MAX_RANK, ApproxPlan, degree_needed, feature_rank
 from ..polynomial import parse
 from ..timing import fit_exponent
+from .measure import environment
 
 __all__ = ["add_suite", "main", "SUITES"]
 
@@ -108,9 +108,7 @@ def _fit_exponent(ns: list[int], ts: list[float]) -> float:
 
 
 def _env() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
-            "cpu_count": os.cpu_count(), "clock": next(k for k, f in CLOCKS.items() if f is _clock[0]),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {**environment(), "clock": next(k for k, f in CLOCKS.items() if f is _clock[0])}
 
 
 # ------------------------------------------------------------------------------- suites

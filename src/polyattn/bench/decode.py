@@ -21,7 +21,6 @@ as context. Results: JSON (``decode.json``) and a plot (``decode.png``) in ``--o
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +31,7 @@ from ..atomicio import atomic_save_figure
 from ..nn import DecodeCache, PolyBlock, PolyTransformer
 from ..nn.generate import forward_tokens
 from ..timing import median
-from .measure import write_json_atomic
+from .measure import environment, write_json_atomic
 
 __all__ = ["run_decode_bench", "plot_decode", "add_suite", "DEFAULTS"]
 
@@ -170,7 +169,7 @@ def run_decode_bench(cfg: dict[str, Any], log=print) -> dict[str, Any]:
                    f"(max |logit diff| {kv_diff:.1e})" if "sdpa_kv_tokens_per_s" in rec else ""))
     return {
         "suite": "decode", "config": cfg, "records": records,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        **environment(),
     }
 
 

@@ -96,6 +96,24 @@ def peak_memory_growth(fn: Callable[[], Any], *, collect: bool = False) -> int |
     return max(0, peak - base - refaulted)
 
 
+def environment() -> dict[str, Any]:
+    """The run environment every benchmark JSON records: versions, threads, CPU, load."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "polyattn": importlib.metadata.version("polyattn"),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON to ``path`` atomically (:func:`polyattn.atomicio.atomic_write_json`)."""
     atomic_write_json(path, obj, indent=1)

@@ -16,8 +16,6 @@ and propagates.
 from __future__ import annotations
 
 import gc
-import importlib.metadata
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +31,7 @@ from polyattn.timing import median, time_interleaved
 
 from .baselines import implementations, make_inputs
 from .config import MODES, KernelsConfig, Sweep, polynomial_of
-from .measure import memory_supported, peak_memory_growth
+from .measure import environment, memory_supported, peak_memory_growth
 from .report import summarize
 
 __all__ = ["run_kernels", "expected_failure", "cases"]
@@ -204,7 +202,7 @@ def run_kernels(cfg: KernelsConfig, *, progress: bool = True, log: Callable[[str
     records = [r for recs in per_case for r in recs]
     doc = {
         "suite": "kernels",
-        "environment": _environment(),
+        "environment": environment(),
         "config": {k: v for k, v in cfg.__dict__.items() if k != "sweeps"}
         | {"sweeps": [s.__dict__ for s in cfg.sweeps]},
         "records": records,
@@ -220,15 +218,3 @@ def run_kernels(cfg: KernelsConfig, *, progress: bool = True, log: Callable[[str
     return doc
 
 
-def _environment() -> dict:
-    import platform
-
-    return {
-        "torch": torch.__version__,
-        "polyattn": importlib.metadata.version("polyattn"),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
