@@ -39,7 +39,7 @@ from ..planning import DEFAULT_MEMORY_BUDGET, make_plan, normalize_causal
 from ..planning.decode import CACHEABLE_METHODS, DecodePlan, plan_decode
 from ..polynomial import AttentionPolynomial
 from .cache import DecodeCache
-from .token_mask import check_token_mask
+from .token_mask import token_mask_or_all
 
 if TYPE_CHECKING:
     from .attention import PolyAttention
@@ -79,12 +79,6 @@ def layer_decode_plan(layer: PolyAttention) -> DecodePlan:
     return _layer_info(layer)[0]
 
 
-def _check_token_mask(token_mask: torch.Tensor | None, b: int, k: int, device: torch.device) -> torch.Tensor:
-    if token_mask is None:
-        return torch.ones(b, k, dtype=torch.bool, device=device)
-    return check_token_mask(token_mask, b, k, "new tokens").to(device)
-
-
 def attention_step(
     layer: PolyAttention,
     x: torch.Tensor,
@@ -111,7 +105,7 @@ def attention_step(
             f"{layer.method!r}, which it does not reproduce. Use method='auto' or 'tree' for decoding"
         )
     plan, signature = _layer_info(layer)
-    tm = _check_token_mask(token_mask, b, k, x.device)
+    tm = token_mask_or_all(token_mask, b, k, x.device, "new tokens")
     cache.bind(signature, b)
     dtype = compute_dtype_for(x.dtype)
     q = {j: _as(layer._split(lin(x), layer.dim_head), dtype) for j, lin in enumerate(layer.to_q, 1)}

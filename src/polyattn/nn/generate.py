@@ -22,7 +22,7 @@ import torch
 from ..errors import PolyAttentionError
 from .cache import DecodeCache
 from .decode import layer_decode_plan
-from .token_mask import check_token_mask
+from .token_mask import token_mask_or_all
 
 if TYPE_CHECKING:
     from .transformer import PolyBlock, PolyTransformer
@@ -123,7 +123,7 @@ def generate(
         raise PolyAttentionError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     b, n = tokens.shape
     dev = tokens.device
-    tm = torch.ones(b, n, dtype=torch.bool, device=dev) if token_mask is None else check_token_mask(token_mask, b, n).to(dev)
+    tm = token_mask_or_all(token_mask, b, n, dev)
     if n == 0 or not bool(tm.any(-1).all()):
         raise PolyAttentionError("every prompt needs at least one real token (token_mask True somewhere in each row)")
     if use_cache:

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import PolyAttentionError
 
-__all__ = ["check_token_mask"]
+__all__ = ["check_token_mask", "token_mask_or_all"]
 
 
 def check_token_mask(token_mask: object, batch: int, n: int, what: str = "seq") -> torch.Tensor:
@@ -24,3 +24,10 @@ def check_token_mask(token_mask: object, batch: int, n: int, what: str = "seq") 
             f"got {getattr(token_mask, 'dtype', type(token_mask).__name__)} {list(getattr(token_mask, 'shape', []))}"
         )
     return token_mask
+
+
+def token_mask_or_all(token_mask: object, batch: int, n: int, device: torch.device, what: str = "seq") -> torch.Tensor:
+    """The checked mask on ``device``, or all True (every token real) when ``token_mask`` is None."""
+    if token_mask is None:
+        return torch.ones(batch, n, dtype=torch.bool, device=device)
+    return check_token_mask(token_mask, batch, n, what).to(device)

@@ -44,8 +44,6 @@ STRIDE_ALIGN = 16
 
 def padded_stride(n: int) -> int:
     """``n`` rounded up to a multiple of :data:`STRIDE_ALIGN`, one more step if a power of two."""
-    if STRIDE_ALIGN <= 1:
-        return n
     m = -(-n // STRIDE_ALIGN) * STRIDE_ALIGN
     return m + STRIDE_ALIGN if m & (m - 1) == 0 else m
 
