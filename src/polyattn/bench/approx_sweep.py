@@ -10,10 +10,10 @@
   is below ``--max-seconds``, to check the prediction; cases it refuses as *unreachable* (rank or
   degree limit) are reported as such.
 * ``throughput`` — the high-rank kernel (r ~ 5k-20k) against FLOP-matched ``torch.matmul``: the
-  feature-space products' FLOPs divided by the whole call's time, vs (a) one square matmul of the
-  same FLOPs, (b) the same products alone on a precomputed chunk (the kernel's ceiling if the
-  features were free) and (c) the products in the natural ``[rows, r] @ [r, dv+1]`` layout; plus
-  the share of the feature construction.
+  feature-space products' FLOPs divided by the whole call's time (the kernel the plan names: the
+  native one where it builds), vs one square matmul of the same FLOPs, in one round-robin with the
+  torch split GEMMs (whole call, and their products alone on a precomputed chunk: the torch path's
+  ceiling if the features were free) and the materialised products.
 * ``calibrate``  — the measured cost-model constants (:mod:`polyattn.ops.approx_cost`) and the
   exact probe of the target problem: the numbers behind ``DEFAULT_COST_MODEL``.
 """
@@ -277,28 +277,32 @@ def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
     v = [values("gaussian", n, dv, g) for _ in range(2)]
     plan: ApproxPlan = plan_for(PATH, q, v, method="approx", degree=p, allow_slower=True)  # type: ignore[assignment]
     prob = prepare(PATH, q, v)
+    split = plan.split
+    torch_split = replace(plan, split=replace(split, native=0)) if split is not None and split.native else None
     materialised = replace(plan, split=None)
     # 4 products of 2 n r (dv+1) FLOPs: F3^T V3, F2 @ A3, F2^T m2, F1 @ A2
     flops = 4 * 2.0 * n * r * (dv + 1)
     m = _aligned_square(flops)
     x, y = torch.randn(m, m, generator=g), torch.randn(m, m, generator=g)
-    products, build = _products_alone(plan, q[0], dv + 1, n)
+    products, build = _products_alone(torch_split or plan, q[0], dv + 1, n)
     from .approx import clock
 
+    fns: dict[str, Callable[[], Any]] = {
+        "call": lambda: poly_attention(PATH, q, v, method="approx", degree=p, allow_slower=True),
+        "materialised": lambda: approx_attention(prob, materialised),
+        "square": lambda: x @ y,
+        "products": products,
+        "build": build,
+    }
+    if torch_split is not None:
+        fns["torch_split"] = lambda: approx_attention(prob, torch_split)
     with torch.no_grad():
-        ts = time_interleaved({
-            "call": lambda: poly_attention(PATH, q, v, method="approx", degree=p, allow_slower=True),
-            "materialised": lambda: approx_attention(prob, materialised),
-            "square": lambda: x @ y,
-            "products": products,
-            "build": build,
-        }, repeats=max(1, reps), clock=clock)
+        ts = time_interleaved(fns, repeats=max(1, reps), clock=clock)
     best = {k: min(t) for k, t in ts.items()}
     t, t_sq = best["call"], best["square"]
     rate_sq = 2.0 * m**3 / t_sq
-    split = plan.split
-    row: dict[str, Any] = {"d": d, "degree": p, "rank": r, "n": n, "dv": dv,
-           "products_form": "split" if split is not None else "materialised",
+    kernel = "materialised" if split is None else ("native" if split.native else "split")
+    row: dict[str, Any] = {"d": d, "degree": p, "rank": r, "n": n, "dv": dv, "products_form": kernel,
            "chunk_rows": split.rows if split is not None else plan.chunk_rows,
            "low_rank": split.low_rank if split is not None else None,
            "gemms_per_product": len(split.segments) if split is not None else 1,
@@ -309,15 +313,19 @@ def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
            "ratio_vs_square_matmul": flops / t / rate_sq,
            "ratio_vs_square_matmul_medians": (flops / median(ts["call"])) / (2.0 * m**3 / median(ts["square"])),
            "materialised_seconds": best["materialised"], "speedup_vs_materialised": best["materialised"] / t,
-           "products_alone_seconds": best["products"], "products_alone_share": best["products"] / t,
-           "products_alone_ratio_vs_square": flops / best["products"] / rate_sq,
-           "feature_build_seconds": best["build"], "build_share": best["build"] / t}
-    print(f"d={d} p={p} r={r:6d} ({row['products_form']}, rows={row['chunk_rows']}): call {t:.3f}s = "
+           "torch_split_seconds": best.get("torch_split"),
+           "torch_split_ratio_vs_square_matmul": flops / best["torch_split"] / rate_sq if "torch_split" in best else None,
+           "speedup_vs_torch_split": best["torch_split"] / t if "torch_split" in best else None,
+           "torch_products_alone_seconds": best["products"],
+           "torch_products_alone_ratio_vs_square": flops / best["products"] / rate_sq,
+           "torch_feature_build_seconds": best["build"]}
+    vs_split = (f"torch split GEMMs {100 * row['torch_split_ratio_vs_square_matmul']:.0f}% "
+                f"({row['speedup_vs_torch_split']:.2f}x slower); " if "torch_split" in best else "")
+    print(f"d={d} p={p} r={r:6d} ({kernel}, rows={row['chunk_rows']}): call {t:.3f}s = "
           f"{flops / t / 1e9:.1f} GFLOP/s of products; square matmul (m={m}) {rate_sq / 1e9:.1f} GFLOP/s -> "
           f"{100 * row['ratio_vs_square_matmul']:.0f}% (medians {100 * row['ratio_vs_square_matmul_medians']:.0f}%); "
-          f"materialised products {best['materialised']:.3f}s ({row['speedup_vs_materialised']:.2f}x slower); "
-          f"products alone {100 * row['products_alone_share']:.0f}% of the call, construction "
-          f"{100 * row['build_share']:.0f}%", flush=True)
+          f"{vs_split}materialised {best['materialised']:.3f}s ({row['speedup_vs_materialised']:.2f}x slower)",
+          flush=True)
     return row
 
 
@@ -337,14 +345,17 @@ def _plot_throughput(rows: list[dict], args: argparse.Namespace) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     labels = [f"d={r['d']}, p={r['degree']}\nr={r['rank']:,}" for r in rows]
     xs = range(len(rows))
-    w = 0.27
-    ax.bar([x - w for x in xs], [r["achieved_flops_per_s"] / 1e9 for r in rows], w, label="approx call (products' FLOPs / call time)")
-    ax.bar(list(xs), [r["square_matmul"]["flops_per_s"] / 1e9 for r in rows], w, color="0.5",
+    w = 0.2
+    ax.bar([x - 1.5 * w for x in xs], [r["achieved_flops_per_s"] / 1e9 for r in rows], w,
+           label=f"approx call, {rows[0]['products_form']} kernel (products' FLOPs / call time)")
+    ax.bar([x - 0.5 * w for x in xs], [r["square_matmul"]["flops_per_s"] / 1e9 for r in rows], w, color="0.5",
            label="square torch.matmul, same FLOPs")
-    ax.bar([x + w for x in xs], [r["product_flops"] / r["materialised_seconds"] / 1e9 for r in rows], w,
+    ax.bar([x + 0.5 * w for x in xs], [r["product_flops"] / (r["torch_split_seconds"] or math.inf) / 1e9 for r in rows],
+           w, color="C2", label="torch split GEMMs (the autograd path)")
+    ax.bar([x + 1.5 * w for x in xs], [r["product_flops"] / r["materialised_seconds"] / 1e9 for r in rows], w,
            color="C3", label="materialised features (top degree built)")
     for x, r in zip(xs, rows):
-        ax.annotate(f"{100 * r['ratio_vs_square_matmul']:.0f}%", (x - w, r["achieved_flops_per_s"] / 1e9),
+        ax.annotate(f"{100 * r['ratio_vs_square_matmul']:.0f}%", (x - 1.5 * w, r["achieved_flops_per_s"] / 1e9),
                     ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=7)

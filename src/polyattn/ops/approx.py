@@ -35,6 +35,7 @@ from ..planning import Plan
 from ..planning.approx import DEFAULT_BASIS, ApproxPlan, ApproxStats, plan_approx
 from .approx_cost import approx_probe, cost_model
 from .approx_features import Features
+from .approx_native import native_threads
 from .approx_tree import finish as _finish
 from .approx_tree import run_chunk as _run
 from .approx_tree import tree_approx
@@ -126,6 +127,7 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     measured on this machine, which raises when the approximation would be slower than exact.
     """
     kw = plan_options(plan, options)
+    kw["native"] = native_threads(prob.device, prob.dtype)
     allow_slower = options.get("allow_slower", False)
     stats = measure(prob)
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)

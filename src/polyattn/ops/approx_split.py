@@ -34,6 +34,10 @@ __all__ = ["DenseProducts", "SplitProducts", "products_for"]
 def products_for(plan: ApproxPlan, feats: Features, z: int) -> tuple[DenseProducts | SplitProducts, int]:
     """The plain-edge products the plan names and their rows per chunk (``feats``: the full-degree
     features, used by the materialised form)."""
+    if plan.split is not None and plan.split.native:
+        from .approx_native import NativeProducts  # it builds on SplitProducts
+
+        return NativeProducts(plan.split, feats.scale, z, feats.device, feats.dtype), plan.split.rows
     if plan.split is not None:
         return SplitProducts(plan.split, feats.scale, z, feats.device, feats.dtype), plan.split.rows
     return DenseProducts(feats), max(1, plan.chunk_rows)

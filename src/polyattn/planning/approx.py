@@ -522,6 +522,7 @@ def plan_approx(
     requested: str = "approx",
     cost_model: CostModel | None = None,
     allow_slower: bool = False,
+    native: tuple[int, str] = (0, ""),
 ) -> ApproxPlan:
     """The full approx plan: degree, rank, bound, chunking / contraction path, time vs the exact plan.
 
@@ -531,7 +532,9 @@ def plan_approx(
     ``degree=`` forces the degree (the bound is still reported; with a target it must meet it).
     ``cost_model`` (default :data:`DEFAULT_COST_MODEL`) turns both plans into seconds; when the
     approximation would be slower than the exact plan it raises :class:`ApproximationRangeError`
-    unless ``allow_slower=True``.
+    unless ``allow_slower=True``. ``native`` = ``(threads, why not)``: whether the top-degree split's
+    no-grad products may run in the native kernel (known only with the inputs: the caller checks
+    dtype, device and that the library builds; :mod:`polyattn.ops.approx_native`).
     """
     strategy, parent, post = structure(spec)
     d = spec.head_dim
@@ -547,7 +550,7 @@ def plan_approx(
         p, bound = choose_degree(xs, radius, acc.target, d, max_rank=max_rank, basis=basis,  # type: ignore[arg-type]
                                  target_text=acc.text)
     r = feature_rank(d, p)
-    lay = layout(spec, strategy, parent, post, r, p, memory_budget)
+    lay = layout(spec, strategy, parent, post, r, p, memory_budget, native)
     if lay.overflow:
         raise ApproximationRangeError(
             f"method='approx' with degree {p} (rank {r:,}) needs {_fmt_bytes(lay.peak)} of working memory "

@@ -285,10 +285,10 @@ class Layout:
 
 
 def _tree_layout(spec: ProblemSpec, parent: dict[int, int], post: tuple[int, ...], r: int, degree: int,
-                 budget: int) -> Layout:
+                 budget: int, native: tuple[int, str]) -> Layout:
     steps = edge_steps(spec, parent, post, r)
     chunk = chunk_rows(spec, r, budget)
-    split = split_top(spec, r, degree, budget)
+    split = split_top(spec, r, degree, budget, native)
     plain = any(s.scope[-1] != -1 and s.logits for s in steps)
     if split is not None and not plain:
         split = None  # every logit edge is causal: the prefix sums use the materialised features
@@ -333,9 +333,10 @@ def _contract_layout(spec: ProblemSpec, r: int, p: int, budget: int) -> Layout:
 
 
 def layout(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, post: tuple[int, ...],
-           rank: int, degree: int, budget: int) -> Layout:
-    """The execution layout for feature rank ``rank`` (degree ``degree``) within ``budget`` bytes."""
+           rank: int, degree: int, budget: int, native: tuple[int, str] = (0, "")) -> Layout:
+    """The execution layout for feature rank ``rank`` (degree ``degree``) within ``budget`` bytes
+    (``native``: threads of the native split kernel and why not, :func:`~.approx_split.split_top`)."""
     if strategy == "tree":
         assert parent is not None
-        return _tree_layout(spec, parent, post, rank, degree, budget)
+        return _tree_layout(spec, parent, post, rank, degree, budget, native)
     return _contract_layout(spec, rank, degree, budget)

@@ -77,6 +77,10 @@ class SplitTop:
     """How the tree kernel runs its plain-edge products with the top degree split off.
 
     ``segments``: ``(first G row, end G row, active slots)``; ``rows``: rows per chunk.
+    ``native``: threads of the native kernel that runs the no-grad products (feature construction
+    fused in, every slot over exactly its own rows: :mod:`polyattn.ops.approx_native`), 0 for the
+    torch GEMMs over ``segments``; under autograd the torch GEMMs run either way.
+    ``native_note``: why the native kernel is not used (empty when it is, or when not asked).
     """
 
     d: int
@@ -84,6 +88,8 @@ class SplitTop:
     low_rank: int
     segments: tuple[tuple[int, int, int], ...]
     rows: int
+    native: int = 0
+    native_note: str = ""
 
     @property
     def slots(self) -> int:
@@ -97,12 +103,19 @@ class SplitTop:
 
     def describe(self) -> str:
         ms = sorted({k for _, _, k in self.segments})
-        return (f"top degree split: features built to degree {self.degree - 1} (rank {self.low_rank:,}), "
-                f"{self.slots} slots in {len(self.segments)} GEMMs of {ms[0]}-{ms[-1]} slots x (dv+1) rows "
-                f"per product, row chunks of {self.rows}")
+        gemms = (f"{self.slots} slots in {len(self.segments)} GEMMs of {ms[0]}-{ms[-1]} slots x (dv+1) rows "
+                 f"per product, row chunks of {self.rows}")
+        if self.native:
+            threads = f"{self.native} thread{'s' if self.native > 1 else ''}"
+            return (f"top degree split: features of degree <= {self.degree - 1} (rank {self.low_rank:,}), "
+                    f"{self.slots} slots; products outside autograd: native kernel, construction fused in "
+                    f"({threads}, row chunks of {self.rows}); under autograd: torch, {gemms}")
+        note = f" ({self.native_note})" if self.native_note else ""
+        return f"top degree split: features built to degree {self.degree - 1} (rank {self.low_rank:,}), {gemms}{note}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"low_rank": self.low_rank, "segments": [list(s) for s in self.segments], "rows": self.rows}
+        return {"low_rank": self.low_rank, "segments": [list(s) for s in self.segments], "rows": self.rows,
+                "native_threads": self.native, "native_note": self.native_note}
 
 
 def _segments(d: int, degree: int) -> tuple[tuple[int, int, int], ...]:
@@ -119,15 +132,19 @@ def _segments(d: int, degree: int) -> tuple[tuple[int, int, int], ...]:
     return tuple((a, b, k) for a, b, k in segs if b > a)
 
 
-def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int) -> SplitTop | None:
-    """The split layout for a tree plan of this degree, or None (materialised products)."""
+def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int,
+              native: tuple[int, str] = (0, "")) -> SplitTop | None:
+    """The split layout for a tree plan of this degree, or None (materialised products).
+
+    ``native``: ``(threads, why not)`` of the native kernel where the inputs are known (the caller
+    checks dtype, device and that the library builds)."""
     d = spec.head_dim
     if degree < 2 or d < 2 or rank < SPLIT_MIN_RANK:
         return None
     r1 = math.comb(d + degree - 1, degree - 1)
     work = 2 * (d + 1) * (spec.value_dim + 1)  # the two slot-stacked buffers per row
     rows = cache_rows(spec, r1 + work, SPLIT_CHUNK_BYTES, 3 * r1 + work + 2 * (spec.value_dim + 1), budget)
-    return SplitTop(d, degree, r1, _segments(d, degree), rows)
+    return SplitTop(d, degree, r1, _segments(d, degree), rows, *native)
 
 
 def cache_rows(spec: ProblemSpec, cache_elems: int, target_bytes: int, mem_elems: int, budget: int) -> int:

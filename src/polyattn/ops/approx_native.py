@@ -1,0 +1,279 @@
+r"""The native (C++) kernel of the top-degree split: feature construction fused into the products.
+
+:class:`NativeProducts` runs the plan's :class:`~polyattn.planning.approx_split.SplitTop` when the
+plan says ``native`` (float32 on the CPU, the library built): outside autograd ``apply`` and
+``summarize`` call ``csrc/approx_native.cpp``, which builds the degree ``<= p-1`` features ``G``
+tile by tile straight into the register blocks' layout and runs every slot over exactly its own
+rows (the math is in :mod:`polyattn.planning.approx_split`; why a kernel of our own, in the source's
+header); leading batch dims are a loop of kernel calls. Under autograd the same object runs the
+torch GEMMs of :class:`SplitProducts` (the plan prints both).
+
+**Build.** The source ships with the package and is compiled on first use with the system C++
+compiler (``$CXX``, else ``c++`` / ``g++``; ``-O3 -march=native``) into a cache directory
+(``$POLYATTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/polyattn``, else ``~/.cache/polyattn``), keyed by
+a hash of the source, the flags, the compiler's version and the CPU's flags, written to a temporary
+file and renamed (two processes never see half a library). ``POLYATTN_NATIVE=0`` turns it off.
+:func:`status` says why it is off when it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..planning.approx_bound import feature_table
+from ..planning.approx_split import SplitTop, slot_table
+from .approx_split import SplitProducts, _grad
+
+__all__ = ["NativeProducts", "library", "status", "native_threads", "SOURCE", "FLAGS"]
+
+SOURCE = Path(__file__).with_name("csrc") / "approx_native.cpp"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread")
+#: rows of the summary's row-major feature tile: ~256 KB of features (L2), 16..128 rows
+SUMMARY_TILE_BYTES = 256 * 1024
+
+
+def _cache_dirs() -> list[Path]:
+    """Where the built library may live, in order (the first writable one is used)."""
+    env = os.environ.get("POLYATTN_CACHE_DIR")
+    if env:
+        return [Path(env)]
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    user = (Path(xdg) if xdg else Path.home() / ".cache") / "polyattn"
+    return [user, Path(tempfile.gettempdir()) / f"polyattn-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+    lib.pa_tile_lanes.restype = i
+    lib.pa_tile_lanes.argtypes = []
+    lib.pa_apply.restype = i
+    lib.pa_apply.argtypes = [i, i, i, p, i, p, p, p, i, p, p, i64, i64, p, i64, i]
+    lib.pa_summary.restype = i
+    lib.pa_summary.argtypes = [i, i, i, p, i, p, p, p, i, p, i64, i64, p, i64, i64, p, i64, i, i]
+    return lib
+
+
+def library_name(cxx: str) -> str:
+    """The cache file name: a hash of the source, the flags, the compiler's version and the CPU's
+    flags (a ``-march=native`` build must not be loaded on another CPU sharing the cache)."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:20]
+    return f"approx_native-{key}.so"
+
+
+@lru_cache(maxsize=1)
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("POLYATTN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "turned off by POLYATTN_NATIVE=0"
+    cxx = _compiler()
+    if cxx is None:
+        return None, "no C++ compiler found ($CXX, c++, g++, clang++)"
+    try:
+        name = library_name(cxx)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"cannot read the source or run {cxx}: {exc}"
+    errors = []
+    for folder in _cache_dirs():
+        target = folder / name
+        for attempt in range(2):
+            if not target.exists():
+                err = _compile(cxx, target)
+                if err:
+                    errors.append(err)
+                    break
+            try:
+                return _declare(ctypes.CDLL(str(target))), f"built with {Path(cxx).name} ({target})"
+            except OSError as exc:  # a damaged cache entry: build it again once
+                if attempt:
+                    errors.append(f"cannot load {target}: {exc}")
+                    break
+                target.unlink(missing_ok=True)
+    return None, "; ".join(errors)
+
+
+def _compile(cxx: str, target: Path) -> str:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write the cache directory {target.parent}: {exc}"
+    try:
+        res = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            return f"{Path(cxx).name} failed: {(res.stderr or res.stdout).strip()[:500]}"
+        os.replace(tmp, target)
+        return ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{Path(cxx).name} failed: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded native library (built on first use), or None (see :func:`status`)."""
+    return _build()[0]
+
+
+def status() -> str:
+    """Where the native library comes from, or why it is not used."""
+    return _build()[1]
+
+
+def native_threads(device: torch.device, dtype: torch.dtype) -> tuple[int, str]:
+    """``(threads, reason)``: the thread count the native kernel would run with for these inputs
+    (torch's intra-op thread count), or ``0`` and why it does not apply."""
+    if device.type != "cpu":
+        return 0, f"native kernel: CPU only (inputs on {device.type})"
+    if dtype != torch.float32:
+        return 0, f"native kernel: float32 only (inputs are {str(dtype).replace('torch.', '')})"
+    if library() is None:
+        return 0, f"native kernel unavailable: {status()}"
+    return torch.get_num_threads(), ""
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _check(code: int) -> None:
+    if code:
+        raise MemoryError("the native approx kernel could not allocate its work buffers")
+
+
+class NativeProducts(SplitProducts):
+    """:class:`SplitProducts` whose no-grad float32 CPU products run in the native kernel.
+
+    ``chunk`` builds nothing (the kernel builds ``G``): it returns a two-item list, the chunk's
+    ``q^T`` and, filled in only when the torch path needs it, the split's chunk.
+    """
+
+    def __init__(self, split: SplitTop, scale: float, z: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(split, scale, z, device, dtype)
+        lib = library()
+        if lib is None:  # the plan was made where the library loads; this is a different process state
+            raise RuntimeError(f"the plan runs the native approx kernel, which is unavailable: {status()}")
+        self.lib = lib
+        self.threads = max(1, split.native)
+        self.d = d = split.d
+        p = split.degree
+        r1, _, slots = slot_table(d, p)
+        counts, _, _ = feature_table(d, p - 1)
+        steps: list[int] = []
+        prev, off = 1, 1 + d
+        for cnt in counts:
+            start = off
+            for c, k in enumerate(cnt):
+                steps += [prev, c, off, k]
+                off += k
+            prev = start
+        def i32(xs: list[int]) -> torch.Tensor:
+            return torch.tensor(xs, dtype=torch.int32)
+
+        self.nsteps = len(steps) // 4
+        self.steps = i32(steps)
+        self.sa = i32([a for a, _, _ in slots])
+        self.sb = i32([b for _, b, _ in slots])
+        self.sc = i32([-1] + [d - 1 - j for j in range(d)])  # slot order of slot_table
+        self.r1 = r1
+        row_bytes = (r1 + 64) * 4
+        self.tile_rows = max(16, min(128, SUMMARY_TILE_BYTES // row_bytes // 16 * 16))
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- eligibility -------------------------------------------------------------------------
+    @staticmethod
+    def _takes(*xs: torch.Tensor) -> bool:
+        return not _grad(*xs) and all(x.dtype == torch.float32 and x.device.type == "cpu" for x in xs)
+
+    def chunk(self, qt: torch.Tensor) -> Any:
+        return [qt, None]
+
+    def _split_chunk(self, ch: list) -> Any:
+        if ch[1] is None:
+            ch[1] = super().chunk(ch[0])
+        return ch[1]
+
+    @staticmethod
+    def _lanes(x: torch.Tensor) -> torch.Tensor:
+        return x if x.stride(-1) == 1 else x.contiguous()
+
+    def _pk(self, p: torch.Tensor) -> torch.Tensor:
+        """The prepared summary ``[..., S z, r_1]`` as ``[..., S, r_1, z]`` (each feature's channels
+        adjacent: what the apply kernel broadcasts), cached while ``p`` is the same tensor."""
+        if self._packed is None or self._packed[0] is not p:
+            pk = p.unflatten(-2, (self.S, self.z)).transpose(-1, -2).contiguous()
+            self._packed = (p, pk)
+        return self._packed[1]
+
+    # -- products (leading batch dims: one kernel call per batch element) ----------------------
+    def apply(self, p: torch.Tensor, ch: Any) -> torch.Tensor:
+        qt = ch[0]
+        if not self._takes(p, qt):
+            return super().apply(p, self._split_chunk(ch))
+        pk = self._pk(p)
+        batch = torch.broadcast_shapes(p.shape[:-2], qt.shape[:-2])
+        rows = qt.shape[-1]
+        out = torch.empty(*batch, self.z, rows, dtype=qt.dtype)
+        pk = pk.expand(*batch, *pk.shape[-3:])
+        qt = qt.expand(*batch, *qt.shape[-2:])
+        for idx in itertools.product(*map(range, batch)):
+            pk_b, qt_b = pk[idx], self._lanes(qt[idx])
+            if pk_b.stride(-1) != 1 or pk_b.stride(-2) != self.z or pk_b.stride(-3) != self.z * self.K:
+                pk_b = pk_b.contiguous()
+            _check(self.lib.pa_apply(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa), _ptr(self.sb),
+                              _ptr(self.sc), self.z, _ptr(pk_b), _ptr(qt_b), qt_b.stride(0), rows, _ptr(out[idx]),
+                              rows, self.threads))
+        return out
+
+    def summarize(self, m: torch.Tensor, ch: Any, acc: torch.Tensor | None) -> torch.Tensor:
+        qt = ch[0]
+        batch = torch.broadcast_shapes(m.shape[:-2], qt.shape[:-2])
+        if (not self._takes(m, qt) or (acc is not None and (not self._takes(acc) or acc.stride(-1) != 1
+                                                            or acc.shape[:-2] != batch))):
+            return super().summarize(m, self._split_chunk(ch), acc)
+        if acc is None:
+            from .approx_features import aligned_empty
+
+            acc = aligned_empty(*batch, self.S * self.z, self.K, dtype=qt.dtype, device=qt.device, zero=True)
+        m = m.expand(*batch, *m.shape[-2:])
+        qt = qt.expand(*batch, *qt.shape[-2:])
+        for idx in itertools.product(*map(range, batch)):
+            m_b, qt_b, acc_b = m[idx], self._lanes(qt[idx]), acc[idx]
+            _check(self.lib.pa_summary(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa),
+                                _ptr(self.sb), _ptr(self.sc), self.z, _ptr(m_b), m_b.stride(0), m_b.stride(1),
+                                _ptr(qt_b), qt_b.stride(0), qt_b.shape[-1], _ptr(acc_b), acc_b.stride(0),
+                                self.tile_rows, self.threads))
+        return acc
+

@@ -1,0 +1,291 @@
+// Fused feature construction + feature-space products of method="approx" (top-degree split).
+//
+// Math and layout: src/polyattn/planning/approx_split.py. With G = the symmetric-power features of
+// degree <= p-1 (rank r1) and slot s reading G rows [a_s, b_s) (slot 0: the low part, all rows;
+// slot s >= 1: the degree-p block of coordinate coord_s, a prefix of degree p-1):
+//
+//   apply:     out[z, l]       = sum_s q_s[l] * sum_{f in [a_s, b_s)} P[s][f][z] * G[f, l]   (q_0 = 1)
+//   summary:   C[s*Z + z, f]  += sum_l M[z, l] * q_s[l] * G[f, l]                          (f in [a_s, b_s))
+//
+// (M is read through two strides: the tree kernel's messages are often transposed views.)
+//
+// Why a kernel of our own: the torch path runs these as slot-stacked BLAS GEMMs over a materialised
+// chunk of G. Those GEMMs have only (dv+1) x (active slots) rows (18-45 in the staircase's tail),
+// so BLAS spends its time packing G, the merged segments compute zero padding, and G makes a round
+// trip through memory. Here G is built tile by tile straight into the layout the register block
+// reads (the packing *is* the construction), every slot sweeps exactly its own rows (no padding),
+// and the q_s multiply is folded into the flush of the register block.
+//
+// Register blocks (GCC vector extensions, compiled with -march=native): MR <= 9 value channels x NV
+// vectors. apply: vectors run over rows (lanes) of a [r1][TL] tile, the summary P broadcast;
+// summary: vectors run over features of a row-major [rows][r1] tile, M*q_s broadcast. No
+// horizontal reductions anywhere. Both split their work over `threads` std::threads with disjoint
+// outputs (apply: lane tiles; summary: (slot, feature block) pairs), so no reduction either.
+// Only float32; everything else stays on the torch path (the plan says which runs).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#define PA_VW 16
+#define PA_NV 3
+#elif defined(__AVX__)
+#define PA_VW 8
+#define PA_NV 1
+#else
+#define PA_VW 4
+#define PA_NV 1
+#endif
+
+namespace {
+
+constexpr int VW = PA_VW, NV = PA_NV, TL = VW * NV;
+typedef float vf __attribute__((vector_size(VW * 4)));
+
+inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf bc(float x) { return vf{} + x; }
+
+struct Buf {  // 64-byte aligned scratch, freed on scope exit
+  float* p;
+  explicit Buf(size_t n) {
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+};
+
+// out[m][:] (= | += | += q *) sum_f P[f*Z + m] * G[f*TL + :]
+template <int MR>
+void kapply(const float* __restrict P, int Z, const float* __restrict G, int len, float* __restrict out,
+            const float* __restrict qs, bool first) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
+  for (int f = 0; f < len; ++f) {
+    vf g[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) g[v] = ld(G + (size_t)f * TL + v * VW);
+    const float* p = P + (size_t)f * Z;
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      vf pb = bc(p[m]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += pb * g[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* o = out + (size_t)m * TL + v * VW;
+      if (first) st(o, acc[m][v]);
+      else if (qs) st(o, ld(o) + ld(qs + v * VW) * acc[m][v]);
+      else st(o, ld(o) + acc[m][v]);
+    }
+}
+
+// C[m*ldc + j] += sum_l MQ[l*ldmq + m] * G[l*ldg + j]   for j < w (w <= TL)
+template <int MR>
+void ksum(const float* __restrict MQ, int ldmq, const float* __restrict G, int64_t ldg, int rows,
+          float* __restrict C, int64_t ldc, int w) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
+  for (int l = 0; l < rows; ++l) {
+    vf g[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) g[v] = ld(G + (size_t)l * ldg + v * VW);
+    const float* p = MQ + (size_t)l * ldmq;
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      vf pb = bc(p[m]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += pb * g[v];
+    }
+  }
+  if (w == TL) {
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float* c = C + (size_t)m * ldc + v * VW;
+        st(c, ld(c) + acc[m][v]);
+      }
+  } else {  // the last, partial block of a slot: only its own columns
+    alignas(64) float tmp[TL];
+    for (int m = 0; m < MR; ++m) {
+      for (int v = 0; v < NV; ++v) st(tmp + v * VW, acc[m][v]);
+      float* c = C + (size_t)m * ldc;
+      for (int j = 0; j < w; ++j) c[j] += tmp[j];
+    }
+  }
+}
+
+typedef void (*kapply_t)(const float*, int, const float*, int, float*, const float*, bool);
+typedef void (*ksum_t)(const float*, int, const float*, int64_t, int, float*, int64_t, int);
+const kapply_t KAPPLY[10] = {nullptr, kapply<1>, kapply<2>, kapply<3>, kapply<4>, kapply<5>,
+                             kapply<6>, kapply<7>, kapply<8>, kapply<9>};
+const ksum_t KSUM[10] = {nullptr, ksum<1>, ksum<2>, ksum<3>, ksum<4>, ksum<5>, ksum<6>, ksum<7>, ksum<8>, ksum<9>};
+
+inline int zblock(int Z, int z0) {  // the next block of value channels: blocks of <= 9, as even as possible
+  int left = Z - z0, nb = (left + 8) / 9;
+  return (left + nb - 1) / nb;
+}
+
+struct Tables {  // construction steps (src row, coordinate, dst row, length) and slots (a, b, coordinate or -1)
+  int d, r1, nsteps, S;
+  const int* steps;
+  const int *sa, *sb, *sc;
+};
+
+// body(first, end) over [0, items), split evenly over `threads` (the calling thread takes the first
+// part; a thread that cannot be started runs its part here). Returns false if any part failed.
+template <class F>
+bool run_threads(int threads, int64_t items, F&& body) {
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, items));
+  std::vector<char> ok(threads, 1);
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) {
+    int64_t b0 = items * t / threads, b1 = items * (t + 1) / threads;
+    try {
+      pool.emplace_back([&body, &ok, t, b0, b1] { ok[t] = body(b0, b1); });
+    } catch (...) {
+      ok[t] = body(b0, b1);
+    }
+  }
+  ok[0] = body(0, items / threads);
+  for (auto& th : pool) th.join();
+  return std::all_of(ok.begin(), ok.end(), [](char x) { return x != 0; });
+}
+
+bool apply_range(const Tables& T, int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out,
+                 int64_t ldo, int64_t tile0, int64_t tile1) {
+  Buf gb((size_t)T.r1 * TL), ob((size_t)Z * TL);
+  float *G = gb.p, *ot = ob.p;
+  if (!G || !ot) return false;
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    int64_t l0 = tile * TL;
+    int w = (int)std::min<int64_t>(TL, n - l0);
+    for (int j = 0; j < TL; ++j) G[j] = 1.f;
+    for (int c = 0; c < T.d; ++c) {
+      float* g = G + (size_t)(1 + c) * TL;
+      const float* q = qT + c * ldq + l0;
+      for (int j = 0; j < w; ++j) g[j] = q[j];
+      for (int j = w; j < TL; ++j) g[j] = 0.f;
+    }
+    for (int i = 0; i < T.nsteps; ++i) {
+      const int* s = T.steps + 4 * i;
+      const float* qc = G + (size_t)(1 + s[1]) * TL;
+      vf qv[NV];
+      for (int v = 0; v < NV; ++v) qv[v] = ld(qc + v * VW);
+      for (int k = 0; k < s[3]; ++k) {
+        const float* src = G + (size_t)(s[0] + k) * TL;
+        float* dst = G + (size_t)(s[2] + k) * TL;
+        for (int v = 0; v < NV; ++v) st(dst + v * VW, ld(src + v * VW) * qv[v]);
+      }
+    }
+    for (int s = 0; s < T.S; ++s) {
+      int a = T.sa[s], b = T.sb[s];
+      const float* qs = T.sc[s] < 0 ? nullptr : G + (size_t)(1 + T.sc[s]) * TL;
+      for (int z0 = 0; z0 < Z;) {
+        int mr = zblock(Z, z0);
+        KAPPLY[mr](Pk + ((size_t)s * T.r1 + a) * Z + z0, Z, G + (size_t)a * TL, b - a, ot + (size_t)z0 * TL, qs,
+                   s == 0);
+        z0 += mr;
+      }
+    }
+    for (int z = 0; z < Z; ++z) std::memcpy(out + z * ldo + l0, ot + (size_t)z * TL, w * sizeof(float));
+  }
+  return true;
+}
+
+bool summary_range(const Tables& T, int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n,
+                   float* C, int64_t ldc, int LT, const std::vector<int>& blocks, int64_t b0, int64_t b1) {
+  if (b0 >= b1) return true;
+  int64_t ldg = ((T.r1 + TL + 15) / 16) * 16;
+  Buf gb((size_t)LT * ldg), mb((size_t)LT * T.S * Z);
+  float *G = gb.p, *MQ = mb.p;
+  if (!G || !MQ) return false;
+  std::memset(G, 0, sizeof(float) * (size_t)LT * ldg);  // the columns past r1 that partial blocks read
+  int ldmq = T.S * Z;
+  for (int64_t l0 = 0; l0 < n; l0 += LT) {
+    int w = (int)std::min<int64_t>(LT, n - l0);
+    for (int l = 0; l < w; ++l) {
+      float* g = G + (size_t)l * ldg;
+      g[0] = 1.f;
+      for (int c = 0; c < T.d; ++c) g[1 + c] = qT[c * ldq + l0 + l];
+      for (int i = 0; i < T.nsteps; ++i) {
+        const int* s = T.steps + 4 * i;
+        float qc = g[1 + s[1]];
+        float* __restrict dst = g + s[2];
+        const float* __restrict src = g + s[0];
+        for (int k = 0; k < s[3]; ++k) dst[k] = src[k] * qc;
+      }
+      float* mq = MQ + (size_t)l * ldmq;
+      for (int s = 0; s < T.S; ++s) {
+        float f = T.sc[s] < 0 ? 1.f : g[1 + T.sc[s]];
+        for (int z = 0; z < Z; ++z) mq[s * Z + z] = M[z * smz + (l0 + l) * sml] * f;
+      }
+    }
+    for (int64_t i = b0; i < b1; ++i) {
+      int s = blocks[2 * i], fb = blocks[2 * i + 1];
+      int wf = std::min(TL, T.sb[s] - fb);
+      for (int z0 = 0; z0 < Z;) {
+        int mr = zblock(Z, z0);
+        KSUM[mr](MQ + s * Z + z0, ldmq, G + fb, ldg, w, C + (size_t)(s * Z + z0) * ldc + fb, ldc, wf);
+        z0 += mr;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+int pa_tile_lanes() { return TL; }
+
+// Both entry points return 0, or 1 when a work buffer could not be allocated (nothing else can fail).
+int pa_apply(int d, int r1, int nsteps, const int* steps, int S, const int* sa, const int* sb, const int* sc,
+              int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out, int64_t ldo,
+              int threads) {
+  Tables T{d, r1, nsteps, S, steps, sa, sb, sc};
+  int64_t tiles = (n + TL - 1) / TL;
+  return run_threads(threads, tiles,
+                     [&](int64_t t0, int64_t t1) { return apply_range(T, Z, Pk, qT, ldq, n, out, ldo, t0, t1); })
+             ? 0 : 1;
+}
+
+int pa_summary(int d, int r1, int nsteps, const int* steps, int S, const int* sa, const int* sb, const int* sc,
+                int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n, float* C,
+                int64_t ldc, int LT, int threads) {
+  Tables T{d, r1, nsteps, S, steps, sa, sb, sc};
+  std::vector<int> blocks;  // (slot, first feature) of every register block's column range
+  try {
+    for (int s = 0; s < S; ++s)
+      for (int fb = sa[s]; fb < sb[s]; fb += TL) {
+        blocks.push_back(s);
+        blocks.push_back(fb);
+      }
+  } catch (...) {
+    return 1;
+  }
+  int64_t nb = (int64_t)blocks.size() / 2;
+  return run_threads(threads, nb, [&](int64_t b0, int64_t b1) {
+           return summary_range(T, Z, M, smz, sml, qT, ldq, n, C, ldc, LT, blocks, b0, b1);
+         })
+             ? 0 : 1;
+}
+}
