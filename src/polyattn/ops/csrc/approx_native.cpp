@@ -272,13 +272,18 @@ int pa_summary(int d, int r1, int nsteps, const int* steps, int S, const int* sa
                 int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n, float* C,
                 int64_t ldc, int LT, int threads) {
   Tables T{d, r1, nsteps, S, steps, sa, sb, sc};
-  std::vector<int> blocks;  // (slot, first feature) of every register block's column range
+  // (slot, first feature) of every register block's column range, by first feature: the slots of
+  // the top degree share their start, so consecutive blocks read the same tile columns (from L1)
+  std::vector<int> blocks;
   try {
+    std::vector<std::pair<int, int>> order;
     for (int s = 0; s < S; ++s)
-      for (int fb = sa[s]; fb < sb[s]; fb += TL) {
-        blocks.push_back(s);
-        blocks.push_back(fb);
-      }
+      for (int fb = sa[s]; fb < sb[s]; fb += TL) order.emplace_back(fb, s);
+    std::sort(order.begin(), order.end());
+    for (auto& [fb, s] : order) {
+      blocks.push_back(s);
+      blocks.push_back(fb);
+    }
   } catch (...) {
     return 1;
   }
