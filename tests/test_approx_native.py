@@ -97,13 +97,16 @@ def _problem(n: int, d: int, batch: tuple[int, ...], seed: int = 0):
 
 
 @pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
-@pytest.mark.parametrize("batch", [(), (2,)])
-def test_native_call_matches_torch_split_and_exact(batch):
-    """d = 16, degree 4 (rank 4845: the planner's own choice of the split), n off the lane tile."""
+@pytest.mark.parametrize("batch,native_rows", [((), 4800), ((2,), 4800), ((), 100)])
+def test_native_call_matches_torch_split_and_exact(batch, native_rows, monkeypatch):
+    """d = 16, degree 4 (rank 4845: the planner's own choice of the split), n off the lane tile;
+    one chunk, or chunks of 100 rows (partial lane tiles inside the sequence)."""
+    monkeypatch.setattr(split_mod, "NATIVE_CHUNK_ROWS", native_rows)
     q, v = _problem(300, 16, batch)
     kw = dict(method="approx", degree=4, allow_slower=True)
     plan = polyattn.plan_for(PATH, q, v, **kw)
     assert plan.split is not None and plan.split.native == torch.get_num_threads()
+    assert plan.split.native_rows == min(native_rows, 300)
     out = polyattn.poly_attention(PATH, q, v, **kw)
     torch_split = replace(plan, split=replace(plan.split, native=0))
     out_t = approx_attention(prepare(PATH, q, v), torch_split)
@@ -202,3 +205,17 @@ def test_build_is_cached_atomically_and_a_damaged_entry_is_rebuilt(fresh_build, 
     assert library() is not None, status()  # rebuilt in place
     assert [x.name for x in damaged.iterdir()] == [built[0].name]
     assert (damaged / built[0].name).stat().st_size > 1000
+
+
+def test_no_split_no_native_check(monkeypatch):
+    """Below the split's rank nothing asks for the native library (no build on a small call)."""
+    import polyattn.ops.approx as approx_mod
+
+    def boom(*a, **k):
+        raise AssertionError("native_threads called without a split")
+
+    monkeypatch.setattr(approx_mod, "native_threads", boom)
+    q, v = _problem(64, 4, ())
+    plan = polyattn.plan_for(PATH, q, v, method="approx", degree=3, allow_slower=True)
+    assert plan.split is None
+    polyattn.poly_attention(PATH, q, v, method="approx", degree=3, allow_slower=True)

@@ -122,15 +122,19 @@ def approx_hook(prob: Problem, plan: Plan, options: Mapping[str, object]) -> App
     """Turn the structure-only plan into the data-dependent one (degree, rank, bound, time estimates).
 
     The degree is chosen first (pure planning, default cost model), so an unreachable accuracy
-    fails before anything is measured. With ``allow_slower=True`` that plan is returned (its time
+    fails before anything is measured; when it has a top-degree split, whether the native kernel
+    runs it is decided here (float32 on the CPU, library built on first need: ``plan.split.native``).
+    With ``allow_slower=True`` that plan is returned (its time
     estimates use the default constants); otherwise :func:`measured_plan` re-makes it with costs
     measured on this machine, which raises when the approximation would be slower than exact.
     """
     kw = plan_options(plan, options)
-    kw["native"] = native_threads(prob.device, prob.dtype)
     allow_slower = options.get("allow_slower", False)
     stats = measure(prob)
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
+    if first.split is not None:  # only the split has a native kernel: build it only where it may run
+        kw["native"] = native_threads(prob.device, prob.dtype)
+        first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, **kw)
     if allow_slower is True:  # the user insists: nothing to decide, so nothing to measure
         return first
     return measured_plan(prob, first, stats, kw, allow_slower)  # type: ignore[arg-type]

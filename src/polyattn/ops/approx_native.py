@@ -76,10 +76,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i, i64, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
     lib.pa_tile_lanes.restype = i
     lib.pa_tile_lanes.argtypes = []
+    lib.pa_apply_workspace.restype = i64
+    lib.pa_apply_workspace.argtypes = [i, i, i]
+    lib.pa_summary_workspace.restype = i64
+    lib.pa_summary_workspace.argtypes = [i, i, i, i, i]
     lib.pa_apply.restype = i
-    lib.pa_apply.argtypes = [i, i, i, p, i, p, p, p, i, p, p, i64, i64, p, i64, i]
+    lib.pa_apply.argtypes = [i, i, i, p, i, p, p, p, i, p, p, i64, i64, p, i64, p, i]
     lib.pa_summary.restype = i
-    lib.pa_summary.argtypes = [i, i, i, p, i, p, p, p, i, p, i64, i64, p, i64, i64, p, i64, i, i]
+    lib.pa_summary.argtypes = [i, i, i, p, i, p, p, p, i, p, i64, i64, p, i64, i64, p, i64, p, i, i]
     return lib
 
 
@@ -171,7 +175,7 @@ def _ptr(t: torch.Tensor) -> int:
 
 def _check(code: int) -> None:
     if code:
-        raise MemoryError("the native approx kernel could not allocate its work buffers")
+        raise MemoryError("the native approx kernel could not allocate its bookkeeping")
 
 
 class NativeProducts(SplitProducts):
@@ -188,6 +192,7 @@ class NativeProducts(SplitProducts):
             raise RuntimeError(f"the plan runs the native approx kernel, which is unavailable: {status()}")
         self.lib = lib
         self.threads = max(1, split.native)
+        self.no_grad_rows = split.native_rows or split.rows
         self.d = d = split.d
         p = split.degree
         r1, _, slots = slot_table(d, p)
@@ -210,6 +215,9 @@ class NativeProducts(SplitProducts):
         self.sc = i32([-1] + [d - 1 - j for j in range(d)])  # slot order of slot_table
         self.r1 = r1
         self.tile_rows = SUMMARY_TILE_ROWS
+        # work buffers of the kernel's threads, allocated once (+16 floats: the kernel aligns them)
+        self.work_apply = torch.empty(lib.pa_apply_workspace(r1, z, self.threads) + 16)
+        self.work_summary = torch.empty(lib.pa_summary_workspace(r1, self.S, z, self.tile_rows, self.threads) + 16)
         self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- eligibility -------------------------------------------------------------------------
@@ -254,7 +262,7 @@ class NativeProducts(SplitProducts):
                 pk_b = pk_b.contiguous()
             _check(self.lib.pa_apply(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa), _ptr(self.sb),
                               _ptr(self.sc), self.z, _ptr(pk_b), _ptr(qt_b), qt_b.stride(0), rows, _ptr(out[idx]),
-                              rows, self.threads))
+                              rows, _ptr(self.work_apply), self.threads))
         return out
 
     def summarize(self, m: torch.Tensor, ch: Any, acc: torch.Tensor | None) -> torch.Tensor:
@@ -274,6 +282,6 @@ class NativeProducts(SplitProducts):
             _check(self.lib.pa_summary(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa),
                                 _ptr(self.sb), _ptr(self.sc), self.z, _ptr(m_b), m_b.stride(0), m_b.stride(1),
                                 _ptr(qt_b), qt_b.stride(0), qt_b.shape[-1], _ptr(acc_b), acc_b.stride(0),
-                                self.tile_rows, self.threads))
+                                _ptr(self.work_summary), self.tile_rows, self.threads))
         return acc
 

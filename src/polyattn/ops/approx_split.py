@@ -50,6 +50,9 @@ def _grad(*xs: torch.Tensor) -> bool:
 class DenseProducts:
     """Products with the whole feature matrix of a chunk built (``F^T``, ``[..., r, rows]``)."""
 
+    #: rows per chunk outside autograd when they differ from the plan's chunk rows (0: the same)
+    no_grad_rows = 0
+
     def __init__(self, feats: Features) -> None:
         self.feats = feats
 
@@ -72,6 +75,8 @@ class DenseProducts:
 
 class SplitProducts:
     """Products with the top degree split off (see the module docstring)."""
+
+    no_grad_rows = 0  # as DenseProducts
 
     def __init__(self, split: SplitTop, scale: float, z: int, device: torch.device, dtype: torch.dtype) -> None:
         d, p = split.d, split.degree

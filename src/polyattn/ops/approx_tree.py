@@ -233,6 +233,8 @@ def _visit(
             contrib = e.sum(-1, keepdim=True)
         return e, contrib
 
+    if inplace and prods.no_grad_rows:  # the native kernel's own (longer) chunks, as the plan says
+        chunk = prods.no_grad_rows
     kept, acc = [], None
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)

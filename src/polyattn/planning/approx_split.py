@@ -39,7 +39,7 @@ from functools import lru_cache
 from .approx_bound import feature_table
 from .spec import ProblemSpec
 
-__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "split_top", "slot_table", "split_bytes",
+__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "NATIVE_CHUNK_ROWS", "split_top", "slot_table", "split_bytes",
            "cache_rows"]
 
 #: Below this feature rank the materialised products are used: the split's extra GEMM calls per
@@ -55,6 +55,10 @@ SEGMENT_MIN_ROWS = 150
 #: others, but doubled the number of chunks, and with it the resident set of a training call
 #: (heap fragmentation grows with the chunk count: docs/approximation.md, limitations): not taken.
 SPLIT_CHUNK_BYTES = 5 * 2**20
+#: Rows per chunk when the native kernel runs (no grad): its work buffers do not depend on the chunk,
+#: so chunks only need to be long enough for the per-call cost and the thread split to vanish
+#: (2 threads at d = 16: 240-row chunks scaled 1.0-1.2x, 4096-row chunks 1.6-1.9x); 100 tiles of 48.
+NATIVE_CHUNK_ROWS = 4800
 
 
 @lru_cache(maxsize=64)
@@ -81,6 +85,8 @@ class SplitTop:
     fused in, every slot over exactly its own rows: :mod:`polyattn.ops.approx_native`), 0 for the
     torch GEMMs over ``segments``; under autograd the torch GEMMs run either way.
     ``native_note``: why the native kernel is not used (empty when it is, or when not asked).
+    ``native_rows``: rows per chunk when the native kernel runs (its memory does not grow with the
+    chunk: longer chunks only cut per-call costs and balance its threads).
     """
 
     d: int
@@ -90,6 +96,7 @@ class SplitTop:
     rows: int
     native: int = 0
     native_note: str = ""
+    native_rows: int = 0
 
     @property
     def slots(self) -> int:
@@ -109,13 +116,13 @@ class SplitTop:
             threads = f"{self.native} thread{'s' if self.native > 1 else ''}"
             return (f"top degree split: features of degree <= {self.degree - 1} (rank {self.low_rank:,}), "
                     f"{self.slots} slots; products outside autograd: native kernel, construction fused in "
-                    f"({threads}, row chunks of {self.rows}); under autograd: torch, {gemms}")
+                    f"({threads}, row chunks of {self.native_rows}); under autograd: torch, {gemms}")
         note = f" ({self.native_note})" if self.native_note else ""
         return f"top degree split: features built to degree {self.degree - 1} (rank {self.low_rank:,}), {gemms}{note}"
 
     def to_dict(self) -> dict[str, object]:
         return {"low_rank": self.low_rank, "segments": [list(s) for s in self.segments], "rows": self.rows,
-                "native_threads": self.native, "native_note": self.native_note}
+                "native_threads": self.native, "native_note": self.native_note, "native_rows": self.native_rows}
 
 
 def _segments(d: int, degree: int) -> tuple[tuple[int, int, int], ...]:
@@ -144,7 +151,9 @@ def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int,
     r1 = math.comb(d + degree - 1, degree - 1)
     work = 2 * (d + 1) * (spec.value_dim + 1)  # the two slot-stacked buffers per row
     rows = cache_rows(spec, r1 + work, SPLIT_CHUNK_BYTES, 3 * r1 + work + 2 * (spec.value_dim + 1), budget)
-    return SplitTop(d, degree, r1, _segments(d, degree), rows, *native)
+    threads, note = native
+    native_rows = min(NATIVE_CHUNK_ROWS, max(spec.seq_lens)) if threads else 0
+    return SplitTop(d, degree, r1, _segments(d, degree), rows, threads, note, native_rows)
 
 
 def cache_rows(spec: ProblemSpec, cache_elems: int, target_bytes: int, mem_elems: int, budget: int) -> int:

@@ -50,16 +50,16 @@ inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf bc(float x) { return vf{} + x; }
 
-struct Buf {  // 64-byte aligned scratch, freed on scope exit
-  float* p;
-  explicit Buf(size_t n) {
-    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  }
-  ~Buf() { std::free(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
+inline size_t up16(size_t n) { return (n + 15) / 16 * 16; }
+inline float* align64(float* p) { return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63)); }
+
+// Work buffers come from the caller (one allocation reused across calls: a fresh ~1 MB buffer per
+// call costs page faults on every call, more than the arithmetic of a short chunk).
+size_t apply_work(int r1, int Z) { return up16((size_t)r1 * TL) + up16((size_t)Z * TL); }
+int64_t summary_ldg(int r1) { return ((r1 + TL + 15) / 16) * 16; }
+size_t summary_work(int r1, int S, int Z, int LT) { return up16((size_t)LT * summary_ldg(r1)) + up16((size_t)LT * S * Z); }
+// threads past the first accumulate into a private [S Z, up16(r1)] summary, added into C at the end
+size_t summary_private(int r1, int S, int Z) { return (size_t)S * Z * up16(r1); }
 
 // out[m][:] (= | += | += q *) sum_f P[f*Z + m] * G[f*TL + :]
 template <int MR>
@@ -149,31 +149,28 @@ struct Tables {  // construction steps (src row, coordinate, dst row, length) an
   const int *sa, *sb, *sc;
 };
 
-// body(first, end) over [0, items), split evenly over `threads` (the calling thread takes the first
-// part; a thread that cannot be started runs its part here). Returns false if any part failed.
+// body(t, first, end) over [0, items), split evenly over `threads` (part t runs on thread t, the
+// calling thread takes part 0; a thread that cannot be started runs its part here).
 template <class F>
-bool run_threads(int threads, int64_t items, F&& body) {
-  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, items));
-  std::vector<char> ok(threads, 1);
+void run_threads(int threads, int64_t items, F&& body) {
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) {
     int64_t b0 = items * t / threads, b1 = items * (t + 1) / threads;
     try {
-      pool.emplace_back([&body, &ok, t, b0, b1] { ok[t] = body(b0, b1); });
+      pool.emplace_back([&body, t, b0, b1] { body(t, b0, b1); });
     } catch (...) {
-      ok[t] = body(b0, b1);
+      body(t, b0, b1);
     }
   }
-  ok[0] = body(0, items / threads);
+  body(0, 0, items / threads);
   for (auto& th : pool) th.join();
-  return std::all_of(ok.begin(), ok.end(), [](char x) { return x != 0; });
 }
 
-bool apply_range(const Tables& T, int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out,
-                 int64_t ldo, int64_t tile0, int64_t tile1) {
-  Buf gb((size_t)T.r1 * TL), ob((size_t)Z * TL);
-  float *G = gb.p, *ot = ob.p;
-  if (!G || !ot) return false;
+inline int clamp_threads(int threads, int64_t items) { return (int)std::max<int64_t>(1, std::min<int64_t>(threads, items)); }
+
+void apply_range(const Tables& T, int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out,
+                 int64_t ldo, float* work, int64_t tile0, int64_t tile1) {
+  float *G = work, *ot = work + up16((size_t)T.r1 * TL);
   for (int64_t tile = tile0; tile < tile1; ++tile) {
     int64_t l0 = tile * TL;
     int w = (int)std::min<int64_t>(TL, n - l0);
@@ -207,20 +204,20 @@ bool apply_range(const Tables& T, int Z, const float* Pk, const float* qT, int64
     }
     for (int z = 0; z < Z; ++z) std::memcpy(out + z * ldo + l0, ot + (size_t)z * TL, w * sizeof(float));
   }
-  return true;
 }
 
-bool summary_range(const Tables& T, int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n,
-                   float* C, int64_t ldc, int LT, const std::vector<int>& blocks, int64_t b0, int64_t b1) {
-  if (b0 >= b1) return true;
-  int64_t ldg = ((T.r1 + TL + 15) / 16) * 16;
-  Buf gb((size_t)LT * ldg), mb((size_t)LT * T.S * Z);
-  float *G = gb.p, *MQ = mb.p;
-  if (!G || !MQ) return false;
-  std::memset(G, 0, sizeof(float) * (size_t)LT * ldg);  // the columns past r1 that partial blocks read
+// rows [r0, r1) of the chunk into C (ldc): every register block, tile by tile
+void summary_rows(const Tables& T, int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq,
+                  int64_t r0, int64_t r1, float* C, int64_t ldc, int LT, const std::vector<int>& blocks, float* work) {
+  if (r0 >= r1) return;
+  int64_t ldg = summary_ldg(T.r1);
+  float *G = work, *MQ = work + up16((size_t)LT * ldg);
+  for (int l = 0; l < LT; ++l)  // the columns past r1 that partial blocks read: finite
+    std::memset(G + (size_t)l * ldg + T.r1, 0, sizeof(float) * (size_t)(ldg - T.r1));
   int ldmq = T.S * Z;
-  for (int64_t l0 = 0; l0 < n; l0 += LT) {
-    int w = (int)std::min<int64_t>(LT, n - l0);
+  int64_t nb = (int64_t)blocks.size() / 2;
+  for (int64_t l0 = r0; l0 < r1; l0 += LT) {
+    int w = (int)std::min<int64_t>(LT, r1 - l0);
     for (int l = 0; l < w; ++l) {
       float* g = G + (size_t)l * ldg;
       g[0] = 1.f;
@@ -238,7 +235,7 @@ bool summary_range(const Tables& T, int Z, const float* M, int64_t smz, int64_t 
         for (int z = 0; z < Z; ++z) mq[s * Z + z] = M[z * smz + (l0 + l) * sml] * f;
       }
     }
-    for (int64_t i = b0; i < b1; ++i) {
+    for (int64_t i = 0; i < nb; ++i) {
       int s = blocks[2 * i], fb = blocks[2 * i + 1];
       int wf = std::min(TL, T.sb[s] - fb);
       for (int z0 = 0; z0 < Z;) {
@@ -248,7 +245,6 @@ bool summary_range(const Tables& T, int Z, const float* M, int64_t smz, int64_t 
       }
     }
   }
-  return true;
 }
 
 }  // namespace
@@ -257,20 +253,33 @@ extern "C" {
 
 int pa_tile_lanes() { return TL; }
 
-// Both entry points return 0, or 1 when a work buffer could not be allocated (nothing else can fail).
+// Floats of the `work` buffer the entry points need (64-byte alignment is done inside: pass 16 more).
+int64_t pa_apply_workspace(int r1, int Z, int threads) { return (int64_t)apply_work(r1, Z) * std::max(1, threads); }
+int64_t pa_summary_workspace(int r1, int S, int Z, int LT, int threads) {
+  return (int64_t)(summary_work(r1, S, Z, LT) + summary_private(r1, S, Z)) * std::max(1, threads);
+}
+
+// Both entry points return 0, or 1 when the bookkeeping could not be allocated.
 int pa_apply(int d, int r1, int nsteps, const int* steps, int S, const int* sa, const int* sb, const int* sc,
-              int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out, int64_t ldo,
-              int threads) {
+             int Z, const float* Pk, const float* qT, int64_t ldq, int64_t n, float* out, int64_t ldo,
+             float* work, int threads) {
   Tables T{d, r1, nsteps, S, steps, sa, sb, sc};
   int64_t tiles = (n + TL - 1) / TL;
-  return run_threads(threads, tiles,
-                     [&](int64_t t0, int64_t t1) { return apply_range(T, Z, Pk, qT, ldq, n, out, ldo, t0, t1); })
-             ? 0 : 1;
+  float* base = align64(work);
+  size_t per = apply_work(r1, Z);
+  try {
+    run_threads(clamp_threads(threads, tiles), tiles, [&](int t, int64_t t0, int64_t t1) {
+      apply_range(T, Z, Pk, qT, ldq, n, out, ldo, base + per * t, t0, t1);
+    });
+  } catch (...) {
+    return 1;
+  }
+  return 0;
 }
 
 int pa_summary(int d, int r1, int nsteps, const int* steps, int S, const int* sa, const int* sb, const int* sc,
-                int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n, float* C,
-                int64_t ldc, int LT, int threads) {
+               int Z, const float* M, int64_t smz, int64_t sml, const float* qT, int64_t ldq, int64_t n, float* C,
+               int64_t ldc, float* work, int LT, int threads) {
   Tables T{d, r1, nsteps, S, steps, sa, sb, sc};
   // (slot, first feature) of every register block's column range, by first feature: the slots of
   // the top degree share their start, so consecutive blocks read the same tile columns (from L1)
@@ -284,13 +293,35 @@ int pa_summary(int d, int r1, int nsteps, const int* steps, int S, const int* sa
       blocks.push_back(s);
       blocks.push_back(fb);
     }
+    // threads split the rows (whole tiles): each builds only its own rows' features
+    int64_t tiles = (n + LT - 1) / LT;
+    int nt = clamp_threads(threads, tiles);
+    float* base = align64(work);
+    size_t per = summary_work(r1, S, Z, LT) + summary_private(r1, S, Z);
+    int64_t ldp = (int64_t)up16(r1);
+    run_threads(nt, tiles, [&](int t, int64_t t0, int64_t t1) {
+      float* w = base + per * t;
+      float* own = C;
+      int64_t ld = ldc;
+      if (t > 0) {
+        own = w + summary_work(r1, S, Z, LT);
+        ld = ldp;
+        std::memset(own, 0, sizeof(float) * summary_private(r1, S, Z));
+      }
+      summary_rows(T, Z, M, smz, sml, qT, ldq, t0 * LT, std::min(n, t1 * LT), own, ld, LT, blocks, w);
+    });
+    for (int t = 1; t < nt; ++t) {  // fold the private summaries in (slot ranges only)
+      const float* own = base + per * t + summary_work(r1, S, Z, LT);
+      for (int s = 0; s < S; ++s)
+        for (int z = 0; z < Z; ++z) {
+          float* __restrict c = C + (size_t)(s * Z + z) * ldc;
+          const float* __restrict o = own + (size_t)(s * Z + z) * ldp;
+          for (int f = sa[s]; f < sb[s]; ++f) c[f] += o[f];
+        }
+    }
   } catch (...) {
     return 1;
   }
-  int64_t nb = (int64_t)blocks.size() / 2;
-  return run_threads(threads, nb, [&](int64_t b0, int64_t b1) {
-           return summary_range(T, Z, M, smz, sml, qT, ldq, n, C, ldc, LT, blocks, b0, b1);
-         })
-             ? 0 : 1;
+  return 0;
 }
 }
