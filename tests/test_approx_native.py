@@ -219,3 +219,27 @@ def test_no_split_no_native_check(monkeypatch):
     plan = polyattn.plan_for(PATH, q, v, method="approx", degree=3, allow_slower=True)
     assert plan.split is None
     polyattn.poly_attention(PATH, q, v, method="approx", degree=3, allow_slower=True)
+
+
+def test_cost_model_times_native_products_at_the_native_rate():
+    from polyattn.planning import ProblemSpec
+    from polyattn.planning.approx import plan_approx
+    from polyattn.planning.approx_cost import DEFAULT_COST_MODEL, NATIVE_GAIN, approx_seconds, approx_work
+
+    spec = ProblemSpec.build(PATH, seq_len=65536, head_dim=16, value_dim=8)
+    torch_plan = plan_approx(spec, entry_bound=0.1, degree=4, allow_slower=True)
+    native_plan = plan_approx(spec, entry_bound=0.1, degree=4, allow_slower=True, native=(1, ""))
+    assert native_plan.split.native == 1 and native_plan.split.native_rows == split_mod.NATIVE_CHUNK_ROWS
+
+    def work(plan):
+        from polyattn.planning.approx import structure
+
+        strategy, parent, _ = structure(spec)
+        return approx_work(spec, strategy, parent, plan.rank, plan.degree, plan.chunk_rows, plan.flops, plan.split)
+
+    w_t, w_n = work(torch_plan), work(native_plan)
+    assert w_t[4] == 0 and w_n[4] == pytest.approx(native_plan.flops)  # every product is a plain edge's
+    assert w_n[0] == 0 and w_n[1] == 0  # no GEMM FLOPs, no separate construction
+    fast = replace(DEFAULT_COST_MODEL, native_flops=2 * DEFAULT_COST_MODEL.product_flops * NATIVE_GAIN)
+    assert approx_seconds(w_n, fast) < approx_seconds(w_n, DEFAULT_COST_MODEL) < approx_seconds(w_t, DEFAULT_COST_MODEL)
+    assert DEFAULT_COST_MODEL.native_rate() == DEFAULT_COST_MODEL.product_flops * NATIVE_GAIN

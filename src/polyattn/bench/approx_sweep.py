@@ -304,6 +304,7 @@ def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
     kernel = "materialised" if split is None else ("native" if split.native else "split")
     row: dict[str, Any] = {"d": d, "degree": p, "rank": r, "n": n, "dv": dv, "products_form": kernel,
            "chunk_rows": split.rows if split is not None else plan.chunk_rows,
+           "native_chunk_rows": split.native_rows if split is not None and split.native else None,
            "low_rank": split.low_rank if split is not None else None,
            "gemms_per_product": len(split.segments) if split is not None else 1,
            "padding": split.padding() if split is not None else 1.0,
@@ -321,7 +322,8 @@ def _throughput_case(d: int, p: int, n: int, dv: int, reps: int) -> dict:
            "torch_feature_build_seconds": best["build"]}
     vs_split = (f"torch split GEMMs {100 * row['torch_split_ratio_vs_square_matmul']:.0f}% "
                 f"({row['speedup_vs_torch_split']:.2f}x slower); " if "torch_split" in best else "")
-    print(f"d={d} p={p} r={r:6d} ({kernel}, rows={row['chunk_rows']}): call {t:.3f}s = "
+    rows_text = f"rows={row['native_chunk_rows']}" if kernel == "native" else f"rows={row['chunk_rows']}"
+    print(f"d={d} p={p} r={r:6d} ({kernel}, {rows_text}): call {t:.3f}s = "
           f"{flops / t / 1e9:.1f} GFLOP/s of products; square matmul (m={m}) {rate_sq / 1e9:.1f} GFLOP/s -> "
           f"{100 * row['ratio_vs_square_matmul']:.0f}% (medians {100 * row['ratio_vs_square_matmul_medians']:.0f}%); "
           f"{vs_split}materialised {best['materialised']:.3f}s ({row['speedup_vs_materialised']:.2f}x slower)",

@@ -167,7 +167,8 @@ def measured_plan(prob: Problem, first: ApproxPlan, stats: ApproxStats, kw: dict
     then :func:`~polyattn.ops.approx_cost.approx_probe` (a short run of this very approximation on a
     scaled-down copy, correcting the model by one factor); all cached per process.
     """
-    model = cost_model(prob.spec, first.memory_budget, prob.dtype, prob.device)
+    native = first.split.native if first.split is not None else 0
+    model = cost_model(prob.spec, first.memory_budget, prob.dtype, prob.device, native)
     first = plan_approx(prob.spec, stats=stats, scale=prob.scale, allow_slower=True, cost_model=model, **kw)
     scale, probe = approx_probe(first, model, prob.dtype, prob.device)
     model = replace(model, approx_scale=scale, approx_probe=probe)

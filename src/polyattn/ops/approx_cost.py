@@ -10,6 +10,8 @@ wall clock otherwise:
   cache-sized chunk, as the kernel runs them), the rate of the feature construction and the fixed
   cost of one torch op (two chunk sizes separate the two), and the per-row and per-call costs of
   everything else (whole degree-0 calls at two sizes). About 0.1 s.
+* :func:`native_constants` — the native split kernel's product rate (construction included), when
+  the plan runs it: one apply and one summary over a full no-grad chunk. About 0.03 s.
 * :func:`exact_probe` — the exact plan (``make_plan(spec, "auto")``) of a scaled-down copy of the
   problem (same polynomial, d, dv, batch, causality; lengths shrunk until the plan costs at most
   :data:`PROBE_FLOPS`) is run; its seconds per plan-FLOP scale to the full problem by the FLOP
@@ -37,7 +39,7 @@ from ..planning.strategy import make_plan
 from .approx_features import Features
 from .inputs import prepare
 
-__all__ = ["kernel_constants", "exact_probe", "approx_probe", "cost_model", "PROBE_FLOPS", "PROBE_SECONDS",
+__all__ = ["kernel_constants", "native_constants", "exact_probe", "approx_probe", "cost_model", "PROBE_FLOPS", "PROBE_SECONDS",
            "clear_cache"]
 
 #: Largest plan-FLOP count of the exact probe (about 30 ms at the tree kernel's ~30 GFLOP/s).
@@ -54,6 +56,7 @@ CPU = torch.device("cpu")
 def clear_cache() -> None:
     """Forget every measurement (the next approx call re-measures)."""
     kernel_constants.cache_clear()
+    native_constants.cache_clear()
     _EXACT_CACHE.clear()
     _APPROX_CACHE.clear()
 
@@ -193,13 +196,44 @@ def fmt_ms(t: float) -> str:
 
 
 def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype,
-               device: torch.device = CPU) -> CostModel:
-    """The measured :class:`CostModel` for one approx call (kernel constants + exact probe)."""
+               device: torch.device = CPU, native: int = 0) -> CostModel:
+    """The measured :class:`CostModel` for one approx call (kernel constants + exact probe; with
+    ``native`` threads, the native split kernel's rate too)."""
     threads = torch.get_num_threads()
     prod, build, op, row, call = kernel_constants(dtype, threads, spec.value_dim + 1, device)
     per_flop, probe = exact_probe(spec, budget, dtype, device)
-    return CostModel(prod, build, op, row, call, per_flop, probe,
-                     source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''})")
+    rate = native_constants(native, spec.value_dim + 1) if native else 0.0
+    kernel = f"; native kernel {rate / 1e9:.3g} GFLOP/s" if rate else ""
+    return CostModel(prod, build, op, row, call, per_flop, probe, native_flops=rate,
+                     source=f"measured on this machine ({threads} thread{'s' if threads > 1 else ''}{kernel})")
+
+
+@lru_cache(maxsize=16)
+def native_constants(threads: int, dv1: int) -> float:
+    """Product FLOP/s of the native split kernel (construction included) on this machine: one
+    apply and one summary over a full no-grad chunk at d = 16, p = 4 (float32, CPU). ~30 ms."""
+    from ..planning.approx_split import NATIVE_CHUNK_ROWS, SplitTop, _segments
+    from .approx_native import NativeProducts
+
+    d, p = 16, 4
+    r1, rank = math.comb(d + p - 1, p - 1), math.comb(d + p, p)
+    rows = NATIVE_CHUNK_ROWS
+    prods = NativeProducts(SplitTop(d, p, r1, _segments(d, p), rows, threads, "", rows), 1.0, dv1, CPU,
+                           torch.float32)
+    g = torch.Generator().manual_seed(2)
+    qt = torch.rand(d, rows, generator=g) - 0.5
+    a = prods.prepare(torch.randn(dv1, rank, generator=g))
+    m = torch.randn(dv1, rows, generator=g)
+
+    def both() -> None:
+        ch = prods.chunk(qt)
+        prods.apply(a, ch)
+        prods.summarize(m, ch, None)
+
+    with torch.no_grad():
+        both()
+        t = _best(both, 3)
+    return 2 * 2 * dv1 * rank * rows / t
 
 
 def _random_problem(spec: ProblemSpec, dtype: torch.dtype, device: torch.device, amp: float = 0.5):  # noqa: ANN202
@@ -219,7 +253,7 @@ def approx_probe(plan: ApproxPlan, model: CostModel, dtype: torch.dtype,
     ``plan``'s problem (same degree, rank and chunk rows; about :data:`PROBE_SECONDS` long)."""
     spec = plan.spec
     key = (replace(spec, seq_lens=()), plan.degree, plan.basis, plan.chunk_rows, plan.memory_budget, dtype,
-           device, torch.get_num_threads())
+           device, torch.get_num_threads(), plan.split.native if plan.split is not None else 0)
     hit = _APPROX_CACHE.get(key)
     if hit is not None:
         return hit
@@ -240,8 +274,10 @@ def approx_probe(plan: ApproxPlan, model: CostModel, dtype: torch.dtype,
         approx_attention(prob, approx_hook(prob, structure, opts))
 
     try:
+        native = (plan.split.native, "") if plan.split is not None else (0, "")  # model the kernel that runs
         modelled = plan_approx(small, entry_bound=0.05, degree=plan.degree, basis=plan.basis,
-                               memory_budget=plan.memory_budget, cost_model=model, allow_slower=True).seconds
+                               memory_budget=plan.memory_budget, cost_model=model, allow_slower=True,
+                               native=native).seconds
         with torch.no_grad():
             t = _best(call, 2, device)
     except PolyAttentionError:  # a probe that cannot be planned leaves the model as it is

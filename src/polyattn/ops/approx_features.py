@@ -26,7 +26,7 @@ import torch
 
 from ..planning.approx import feature_table
 
-__all__ = ["Features", "padded_stride", "aligned_empty", "STRIDE_ALIGN"]
+__all__ = ["Features", "padded_stride", "aligned_empty", "construction_steps", "STRIDE_ALIGN"]
 
 
 @lru_cache(maxsize=32)
@@ -55,6 +55,22 @@ def aligned_empty(*shape: int, dtype: torch.dtype, device: torch.device, zero: b
     return make(*shape[:-1], padded_stride(shape[-1]), dtype=dtype, device=device)[..., : shape[-1]]
 
 
+@lru_cache(maxsize=64)
+def construction_steps(counts: tuple[tuple[int, ...], ...], d: int) -> tuple[tuple[int, int, int, int], ...]:
+    """``(src, c, dst, k)`` per construction step: feature rows ``[dst, dst + k)`` are rows
+    ``[src, src + k)`` times coordinate ``c`` (row ``1 + c``); row 0 is 1, rows ``1..d`` the
+    coordinates. One step per (degree >= 2, coordinate), in order (each reads finished rows only)."""
+    steps = []
+    prev, off = 1, 1 + d
+    for cnt in counts:
+        start = off
+        for c, k in enumerate(cnt):
+            steps.append((prev, c, off, k))
+            off += k
+        prev = start
+    return tuple(steps)
+
+
 class _ChunkBuffer:
     """A reusable ``[*batch, r, rows]`` buffer plus the slice views of every construction step."""
 
@@ -65,14 +81,9 @@ class _ChunkBuffer:
         self.out[..., 0, :] = 1
         self.coords = self.out[..., 1 : 1 + d, :] if degree >= 1 else None
         steps = []
-        prev, off = 1, 1 + d
-        for cnt in counts:
-            start = off
-            for c, k in enumerate(cnt):
-                steps.append((self.out[..., prev : prev + k, :], self.out[..., 1 + c : 2 + c, :],
-                              self.out[..., off : off + k, :]))
-                off += k
-            prev = start
+        for src, c, dst, k in construction_steps(counts, d):
+            steps.append((self.out[..., src : src + k, :], self.out[..., 1 + c : 2 + c, :],
+                          self.out[..., dst : dst + k, :]))
         self.steps = steps
 
     def fill(self, qt: torch.Tensor) -> torch.Tensor:
@@ -136,13 +147,8 @@ class Features:
         out[..., 0, :] = 1
         if self.degree >= 1:
             out[..., 1 : 1 + d, :] = qt
-        prev, off = 1, 1 + d
-        for cnt in self.counts:
-            start = off
-            for c, k in enumerate(cnt):
-                torch.mul(out[..., prev : prev + k, :], out[..., 1 + c : 2 + c, :], out=out[..., off : off + k, :])
-                off += k
-            prev = start
+        for src, c, dst, k in construction_steps(self.counts, d):
+            torch.mul(out[..., src : src + k, :], out[..., 1 + c : 2 + c, :], out=out[..., dst : dst + k, :])
         return out
 
     def _differentiable(self, qt: torch.Tensor) -> torch.Tensor:

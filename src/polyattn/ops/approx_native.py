@@ -26,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch
 
 from ..planning.approx_bound import feature_table
 from ..planning.approx_split import SplitTop, slot_table
+from .approx_features import aligned_empty, construction_steps
 from .approx_split import SplitProducts, _grad
 
 __all__ = ["NativeProducts", "library", "status", "native_threads", "SOURCE", "FLAGS"]
@@ -197,19 +199,13 @@ class NativeProducts(SplitProducts):
         p = split.degree
         r1, _, slots = slot_table(d, p)
         counts, _, _ = feature_table(d, p - 1)
-        steps: list[int] = []
-        prev, off = 1, 1 + d
-        for cnt in counts:
-            start = off
-            for c, k in enumerate(cnt):
-                steps += [prev, c, off, k]
-                off += k
-            prev = start
+        steps = construction_steps(counts, d)
+
         def i32(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.int32)
 
-        self.nsteps = len(steps) // 4
-        self.steps = i32(steps)
+        self.nsteps = len(steps)
+        self.steps = i32([x for step in steps for x in step])
         self.sa = i32([a for a, _, _ in slots])
         self.sb = i32([b for _, b, _ in slots])
         self.sc = i32([-1] + [d - 1 - j for j in range(d)])  # slot order of slot_table
@@ -218,7 +214,8 @@ class NativeProducts(SplitProducts):
         # work buffers of the kernel's threads, allocated once (+16 floats: the kernel aligns them)
         self.work_apply = torch.empty(lib.pa_apply_workspace(r1, z, self.threads) + 16)
         self.work_summary = torch.empty(lib.pa_summary_workspace(r1, self.S, z, self.tile_rows, self.threads) + 16)
-        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.inv_slot, self.inv_row = self.inv // self.K, self.inv % self.K  # feature -> (slot, row of G)
+        self._packed: dict[int, weakref.ref] = {}  # summaries prepare() returned in the kernel's layout
 
     # -- eligibility -------------------------------------------------------------------------
     @staticmethod
@@ -237,21 +234,42 @@ class NativeProducts(SplitProducts):
     def _lanes(x: torch.Tensor) -> torch.Tensor:
         return x if x.stride(-1) == 1 else x.contiguous()
 
-    def _pk(self, p: torch.Tensor) -> torch.Tensor:
-        """The prepared summary ``[..., S z, r_1]`` as ``[..., S, r_1, z]`` (each feature's channels
-        adjacent: what the apply kernel broadcasts), cached while ``p`` is the same tensor."""
-        if self._packed is None or self._packed[0] is not p:
-            pk = p.unflatten(-2, (self.S, self.z)).transpose(-1, -2).contiguous()
-            self._packed = (p, pk)
-        return self._packed[1]
+    def prepare(self, a: torch.Tensor) -> torch.Tensor:
+        """Outside autograd: the summary ``A^T`` (``[..., z, r]``, feature order) as ``[..., S, r_1, z]``
+        (each feature's channels adjacent: what the apply kernel broadcasts), in one gather; under
+        autograd the torch split's slot-stacked layout."""
+        if not self._takes(a):
+            return super().prepare(a)
+        ext = torch.cat([a, a.new_zeros(*a.shape[:-1], 1)], dim=-1).transpose(-1, -2).contiguous()  # [..., r+1, z]
+        pk = ext.index_select(-2, self.gather).unflatten(-2, (self.S, self.K))  # rows of z: a fast gather
+        self._packed[id(pk)] = weakref.ref(pk)
+        return pk
+
+    def _is_packed(self, p: torch.Tensor) -> bool:
+        ref = self._packed.get(id(p))
+        return ref is not None and ref() is p
+
+    def _stacked(self, p: torch.Tensor) -> torch.Tensor:
+        """A summary in the torch split's layout (``[..., S z, r_1]``), whichever layout it has."""
+        if not self._is_packed(p):
+            return p
+        return p.transpose(-1, -2).reshape(*p.shape[:-3], self.S * self.z, self.K)
+
+    def finish(self, acc: torch.Tensor) -> torch.Tensor:
+        """The accumulated ``[..., S z, r_1]`` summary in feature order, ``[..., z, r]``: one gather of
+        each feature's (slot, row) column (the torch split's round trip copies all ``S z r_1``)."""
+        if not self._takes(acc):
+            return super().finish(acc)
+        st = acc.unflatten(-2, (self.S, self.z)).movedim(-3, 0)  # [S, ..., z, K]
+        return st[self.inv_slot, ..., self.inv_row].movedim(0, -1)  # [r, ..., z] -> [..., z, r]
 
     # -- products (leading batch dims: one kernel call per batch element) ----------------------
     def apply(self, p: torch.Tensor, ch: Any) -> torch.Tensor:
         qt = ch[0]
-        if not self._takes(p, qt):
-            return super().apply(p, self._split_chunk(ch))
-        pk = self._pk(p)
-        batch = torch.broadcast_shapes(p.shape[:-2], qt.shape[:-2])
+        if not self._takes(p, qt) or not self._is_packed(p):
+            return super().apply(self._stacked(p), self._split_chunk(ch))
+        pk = p
+        batch = torch.broadcast_shapes(p.shape[:-3], qt.shape[:-2])
         rows = qt.shape[-1]
         out = torch.empty(*batch, self.z, rows, dtype=qt.dtype)
         pk = pk.expand(*batch, *pk.shape[-3:])
@@ -272,8 +290,6 @@ class NativeProducts(SplitProducts):
                                                             or acc.shape[:-2] != batch))):
             return super().summarize(m, self._split_chunk(ch), acc)
         if acc is None:
-            from .approx_features import aligned_empty
-
             acc = aligned_empty(*batch, self.S * self.z, self.K, dtype=qt.dtype, device=qt.device, zero=True)
         m = m.expand(*batch, *m.shape[-2:])
         qt = qt.expand(*batch, *qt.shape[-2:])

@@ -37,7 +37,7 @@ from .plan import Plan
 from .spec import ProblemSpec
 
 __all__ = [
-    "CostModel", "DEFAULT_COST_MODEL", "DEFAULT_EXACT_RATES", "approx_work", "approx_seconds",
+    "CostModel", "DEFAULT_COST_MODEL", "DEFAULT_EXACT_RATES", "approx_work", "approx_seconds", "NATIVE_GAIN",
     "exact_seconds", "fmt_seconds",
 ]
 
@@ -71,6 +71,11 @@ class CostModel:
     approx_scale: float = 1.0  # measured / modelled time of a probe of the approx kernel at this shape
     approx_probe: str = ""
     source: str = "with the development machine's default constants (not measured here)"
+    native_flops: float = 0.0  # the native split kernel's product FLOP/s, construction included (0: not measured)
+
+    def native_rate(self) -> float:
+        """FLOP/s of the native split kernel: measured, else ``product_flops * NATIVE_GAIN``."""
+        return self.native_flops or self.product_flops * NATIVE_GAIN
 
     def with_exact(self, seconds_per_flop: float, probe: str) -> CostModel:
         return replace(self, exact_seconds_per_flop=float(seconds_per_flop), exact_probe=probe)
@@ -79,7 +84,7 @@ class CostModel:
         return {"product_flops": self.product_flops, "build_entries": self.build_entries,
                 "op_seconds": self.op_seconds, "row_seconds": self.row_seconds, "call_seconds": self.call_seconds,
                 "exact_seconds_per_flop": self.exact_seconds_per_flop, "approx_scale": self.approx_scale,
-                "approx_probe": self.approx_probe,
+                "approx_probe": self.approx_probe, "native_flops": self.native_flops,
                 "exact_probe": self.exact_probe, "source": self.source}
 
 
@@ -96,18 +101,28 @@ DEFAULT_COST_MODEL = CostModel(product_flops=37e9, build_entries=9.7e9, op_secon
 SPLIT_GEMM_GAIN = 1.3
 #: Torch ops per chunk and split segment (one GEMM on each side of an edge).
 SPLIT_OPS_PER_CHUNK = 10
+#: The native split kernel (:mod:`polyattn.ops.approx_native`; construction fused in, no padding)
+#: against the ``dv+1``-row GEMMs of ``product_flops``, when it was not measured: 80 vs 53 GFLOP/s
+#: (d = 16, p = 4, dv = 8, 4800-row chunks, 1 thread, development machine).
+NATIVE_GAIN = 1.5
+#: Torch ops per chunk of the native kernel (kernel calls, messages, slicing).
+NATIVE_OPS_PER_CHUNK = 8
 
 
 def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None, rank: int, degree: int,
-                chunk: int, flops: float, split: SplitTop | None = None) -> tuple[float, float, float, float]:
-    """``(product FLOPs, feature entries built, torch ops, rows)`` of one approx call.
+                chunk: int, flops: float, split: SplitTop | None = None
+                ) -> tuple[float, float, float, float, float]:
+    """``(product FLOPs, feature entries built, torch ops, rows, native product FLOPs)`` of one
+    (no-grad) approx call.
 
     Tree: every variable incident to a monomial builds its features once per chunk (a causal edge
     builds both ends' features again inside its prefix sums) and every logit edge costs two
     products of ``2 n r (dv+1)`` FLOPs. With ``split`` the plain edges build only the features of
     degree ``p - 1`` (rank ``r_1``) in chunks of ``split.rows``, and their products count
-    ``1 / SPLIT_GEMM_GAIN`` of their FLOPs. Contract: ``flops`` is the planned einsum cost and every
-    variable's features are built once (x1's per final chunk).
+    ``1 / SPLIT_GEMM_GAIN`` of their FLOPs; when the split runs natively (``split.native``) those
+    products are native FLOPs instead (construction included, no padding) in chunks of
+    ``split.native_rows``. Contract: ``flops`` is the planned einsum cost and every variable's
+    features are built once (x1's per final chunk).
     """
     from .approx_layout import build_ops_per_chunk, edge_steps
 
@@ -119,7 +134,7 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
         used = spec.polynomial.used_variables
         entries = float(sum(b * spec.seq_lens[v - 1] * rank for v in used))
         ops = float(sum(math.ceil(spec.seq_lens[v - 1] / chunk) for v in used)) * (per_chunk_ops + 4)
-        return float(flops), entries, ops, rows
+        return float(flops), entries, ops, rows, 0.0
     assert parent is not None
     monos = set(spec.polynomial.monomials)
     causal = spec.causal_pairs()
@@ -134,27 +149,34 @@ def approx_work(spec: ProblemSpec, strategy: str, parent: dict[int, int] | None,
             ops += 2.0 * math.ceil(n / chunk) * (per_chunk_ops + 10)
         else:
             with_feats.update((u, c))
+    native = 0.0
     if split is not None:
         per_split = build_ops_per_chunk(d, degree - 1) + SPLIT_OPS_PER_CHUNK + 2 * len(split.segments)
         plain = sum(st.flops for st in edge_steps(spec, parent, tuple(parent), rank)
                     if st.logits and st.scope[-1] != -1)  # the plain logit edges' products
-        flops = flops - plain + plain * split.padding() / SPLIT_GEMM_GAIN
+        if split.native:
+            flops, native = flops - plain, float(plain)
+        else:
+            flops = flops - plain + plain * split.padding() / SPLIT_GEMM_GAIN
     for v in with_feats:
         n = spec.seq_lens[v - 1]
-        if split is not None:
+        if split is not None and split.native:
+            ops += math.ceil(n / max(1, split.native_rows)) * NATIVE_OPS_PER_CHUNK * b
+        elif split is not None:
             entries += float(b * n * split.low_rank)
             ops += math.ceil(n / split.rows) * per_split
         else:
             entries += float(b * n * rank)
             ops += math.ceil(n / chunk) * per_chunk_ops
-    return float(flops), entries, ops, rows
+    return float(flops), entries, ops, rows, native
 
 
-def approx_seconds(work: tuple[float, float, float, float], model: CostModel) -> float:
-    """Seconds for ``work = (product FLOPs, feature entries, ops, rows)`` under ``model``."""
-    prod, entries, ops, rows = work
+def approx_seconds(work: tuple[float, float, float, float, float], model: CostModel) -> float:
+    """Seconds for ``work = (product FLOPs, feature entries, ops, rows, native FLOPs)`` under ``model``."""
+    prod, entries, ops, rows, native = work
     return model.approx_scale * (prod / model.product_flops + entries / model.build_entries
-                                 + ops * model.op_seconds + rows * model.row_seconds + model.call_seconds)
+                                 + ops * model.op_seconds + rows * model.row_seconds + model.call_seconds
+                                 + native / model.native_rate())
 
 
 def exact_seconds(plan: Plan, model: CostModel) -> float:
