@@ -61,27 +61,35 @@ size_t summary_work(int r1, int S, int Z, int LT) { return up16((size_t)LT * sum
 // threads past the first accumulate into a private [S Z, up16(r1)] summary, added into C at the end
 size_t summary_private(int r1, int S, int Z) { return (size_t)S * Z * up16(r1); }
 
-// out[m][:] (= | += | += q *) sum_f P[f*Z + m] * G[f*TL + :]
+// The register block both products share: acc[m][v] = sum_i A[i*lda + m] * B[i*ldb + v*VW]
+// (A broadcast, B loaded as NV vectors; MR x NV accumulators stay in registers).
 template <int MR>
-void kapply(const float* __restrict P, int Z, const float* __restrict G, int len, float* __restrict out,
-            const float* __restrict qs, bool first) {
-  vf acc[MR][NV];
+__attribute__((always_inline)) inline void block(const float* __restrict A, int64_t lda, const float* __restrict B,
+                                                 int64_t ldb, int len, vf (&acc)[MR][NV]) {
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
-  for (int f = 0; f < len; ++f) {
-    vf g[NV];
+  for (int i = 0; i < len; ++i) {
+    vf b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) g[v] = ld(G + (size_t)f * TL + v * VW);
-    const float* p = P + (size_t)f * Z;
+    for (int v = 0; v < NV; ++v) b[v] = ld(B + (size_t)i * ldb + v * VW);
+    const float* a = A + (size_t)i * lda;
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
-      vf pb = bc(p[m]);
+      vf ab = bc(a[m]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] += pb * g[v];
+      for (int v = 0; v < NV; ++v) acc[m][v] += ab * b[v];
     }
   }
+}
+
+// apply: out[m][:] (= | += | += q *) sum_f P[f*Z + m] * G[f*TL + :]
+template <int MR>
+void kapply(const float* __restrict P, int Z, const float* __restrict G, int len, float* __restrict out,
+            const float* __restrict qs, bool first) {
+  vf acc[MR][NV];
+  block<MR>(P, Z, G, TL, len, acc);
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
@@ -93,27 +101,12 @@ void kapply(const float* __restrict P, int Z, const float* __restrict G, int len
     }
 }
 
-// C[m*ldc + j] += sum_l MQ[l*ldmq + m] * G[l*ldg + j]   for j < w (w <= TL)
+// summary: C[m*ldc + j] += sum_l MQ[l*ldmq + m] * G[l*ldg + j]   for j < w (w <= TL)
 template <int MR>
 void ksum(const float* __restrict MQ, int ldmq, const float* __restrict G, int64_t ldg, int rows,
           float* __restrict C, int64_t ldc, int w) {
   vf acc[MR][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
-  for (int l = 0; l < rows; ++l) {
-    vf g[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) g[v] = ld(G + (size_t)l * ldg + v * VW);
-    const float* p = MQ + (size_t)l * ldmq;
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      vf pb = bc(p[m]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] += pb * g[v];
-    }
-  }
+  block<MR>(MQ, ldmq, G, ldg, rows, acc);
   if (w == TL) {
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m)
