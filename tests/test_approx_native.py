@@ -243,3 +243,17 @@ def test_cost_model_times_native_products_at_the_native_rate():
     fast = replace(DEFAULT_COST_MODEL, native_flops=2 * DEFAULT_COST_MODEL.product_flops * NATIVE_GAIN)
     assert approx_seconds(w_n, fast) < approx_seconds(w_n, DEFAULT_COST_MODEL) < approx_seconds(w_t, DEFAULT_COST_MODEL)
     assert DEFAULT_COST_MODEL.native_rate() == DEFAULT_COST_MODEL.product_flops * NATIVE_GAIN
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
+def test_no_code_is_loaded_from_a_folder_others_can_write(fresh_build, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    fresh_build.setenv("POLYATTN_CACHE_DIR", str(shared))
+    assert library() is None
+    assert "writable by other users: not loading code from it" in status()
+    assert not list(shared.iterdir())  # nothing was built there either
+    q, v = _problem(64, 16, ())
+    plan = polyattn.plan_for(PATH, q, v, method="approx", degree=4, allow_slower=True)
+    assert plan.split.native == 0 and "writable by other users" in str(plan)

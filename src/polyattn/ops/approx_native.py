@@ -9,11 +9,13 @@ header); leading batch dims are a loop of kernel calls. Under autograd the same 
 torch GEMMs of :class:`SplitProducts` (the plan prints both).
 
 **Build.** The source ships with the package and is compiled on first use with the system C++
-compiler (``$CXX``, else ``c++`` / ``g++``; ``-O3 -march=native``) into a cache directory
-(``$POLYATTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/polyattn``, else ``~/.cache/polyattn``), keyed by
-a hash of the source, the flags, the compiler's version and the CPU's flags, written to a temporary
-file and renamed (two processes never see half a library). ``POLYATTN_NATIVE=0`` turns it off.
-:func:`status` says why it is off when it is.
+compiler (``$CXX``, else ``c++`` / ``g++`` / ``clang++``; ``-O3 -march=native``) into a cache
+directory (``$POLYATTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/polyattn`` or ``~/.cache/polyattn``, else
+a per-user folder in the temp dir: the first one that works), keyed by a hash of the source, the
+flags, the compiler's version and the CPU's flags, written to a temporary file and renamed (two
+processes never see half a library). A library is loaded only from a folder and a file owned by
+this user and writable by nobody else (a shared temp dir must not hand us someone else's code).
+``POLYATTN_NATIVE=0`` turns it off. :func:`status` says where it came from, or why it is off.
 """
 
 from __future__ import annotations
@@ -113,12 +115,20 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     errors = []
     for folder in _cache_dirs():
         target = folder / name
+        unsafe = _unsafe(folder, folder=True)
+        if unsafe:
+            errors.append(unsafe)
+            continue
         for attempt in range(2):
             if not target.exists():
                 err = _compile(cxx, target)
                 if err:
                     errors.append(err)
                     break
+            unsafe = _unsafe(target)
+            if unsafe:
+                errors.append(unsafe)
+                break
             try:
                 return _declare(ctypes.CDLL(str(target))), f"built with {Path(cxx).name} ({target})"
             except OSError as exc:  # a damaged cache entry: build it again once
@@ -127,6 +137,22 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                     break
                 target.unlink(missing_ok=True)
     return None, "; ".join(errors)
+
+
+def _unsafe(path: Path, folder: bool = False) -> str:
+    """Why ``path`` (a cache ``folder``, created private if missing, or a built library) must not be
+    used: owned by another user or writable by group / others. Empty when it is safe."""
+    try:
+        if folder and not path.exists():
+            path.mkdir(mode=0o700, parents=True)
+        info = path.stat()
+    except OSError as exc:
+        return f"cannot use {path}: {exc}"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"{path} belongs to another user: not loading code from it"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by other users: not loading code from it"
+    return ""
 
 
 def _compile(cxx: str, target: Path) -> str:
