@@ -257,3 +257,20 @@ def test_no_code_is_loaded_from_a_folder_others_can_write(fresh_build, tmp_path)
     q, v = _problem(64, 16, ())
     plan = polyattn.plan_for(PATH, q, v, method="approx", degree=4, allow_slower=True)
     assert plan.split.native == 0 and "writable by other users" in str(plan)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
+def test_a_summary_prepared_for_the_kernel_serves_a_query_that_needs_grad():
+    """Only x1's queries need grad: the summary from x2 is prepared in the kernel's layout (no grad),
+    x1's products fall back to the torch split and get it back in the split's layout."""
+    q, v = _problem(90, 16, ())
+    kw = dict(method="approx", degree=4, allow_slower=True)
+    q1 = q[0].detach().clone().requires_grad_()
+    out = polyattn.poly_attention(PATH, [q1, q[1], q[2]], v, **kw)
+    (g,) = torch.autograd.grad(out.square().sum(), q1)
+    q64 = q1.detach().double().requires_grad_()
+    ref = polyattn.poly_attention(PATH, [q64, q[1].double(), q[2].double()], [x.double() for x in v], **kw)
+    (g64,) = torch.autograd.grad(ref.square().sum(), q64)
+    torch.testing.assert_close(g.double(), g64, rtol=2e-3, atol=2e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(out, polyattn.poly_attention(PATH, q, v, **kw), rtol=1e-4, atol=1e-5)
