@@ -29,12 +29,14 @@ from typing import Any
 import torch
 
 from polyattn.ops.approx import approx_attention
-from polyattn.ops.approx_cost import cost_model, kernel_constants
+from polyattn.ops.approx_cost import cost_model, kernel_constants, native_constants
 from polyattn.ops.approx_features import Features
+from polyattn.ops.approx_native import native_threads
 from polyattn.ops.approx_split import products_for
 from polyattn.ops.inputs import prepare
 from polyattn.planning import ProblemSpec
 from polyattn.planning.approx import ApproximationRangeError, ApproxPlan, chunk_rows, feature_rank
+from polyattn.planning.approx_cost import NATIVE_GAIN
 
 from ..functional import plan_for, poly_attention
 from ..planning import plan as make_structure_plan
@@ -43,6 +45,7 @@ from ..timing import median, time_interleaved
 __all__ = ["suite_sweep", "suite_throughput", "suite_calibrate", "DISTRIBUTIONS", "values"]
 
 PATH = "x1*x2 + x2*x3"
+CPU = torch.device("cpu")
 DISTRIBUTIONS = ("uniform", "gaussian", "heavy")
 
 
@@ -374,10 +377,13 @@ def suite_calibrate(args: argparse.Namespace) -> dict:
     consts = {}
     for dv1 in (2, 9, 17, 33):
         prod, build, op, row, call = kernel_constants(torch.float32, torch.get_num_threads(), dv1)
+        native = native_constants(torch.get_num_threads(), dv1) if native_threads(CPU, torch.float32)[0] else 0.0
         consts[dv1] = {"product_flops": prod, "build_entries": build, "op_seconds": op, "row_seconds": row,
-                       "call_seconds": call}
+                       "call_seconds": call, "native_flops": native}
         print(f"dv+1={dv1:2d}: products {prod / 1e9:.1f} GFLOP/s, construction {build / 1e9:.2f} G entries/s, "
-              f"{op * 1e6:.2f} us per op, {row * 1e9:.0f} ns per row, {call * 1e3:.2f} ms per call", flush=True)
+              f"{op * 1e6:.2f} us per op, {row * 1e9:.0f} ns per row, {call * 1e3:.2f} ms per call; native "
+              f"kernel {native / 1e9:.1f} GFLOP/s ({native / prod if native else math.nan:.2f}x the products; "
+              f"NATIVE_GAIN = {NATIVE_GAIN})", flush=True)
     n = args.n or 65536
     spec = ProblemSpec.build(PATH, seq_len=n, head_dim=16, value_dim=8)
     model = cost_model(spec, 256 * 2**20, torch.float32)
