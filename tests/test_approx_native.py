@@ -229,7 +229,11 @@ def test_cost_model_times_native_products_at_the_native_rate():
     spec = ProblemSpec.build(PATH, seq_len=65536, head_dim=16, value_dim=8)
     torch_plan = plan_approx(spec, entry_bound=0.1, degree=4, allow_slower=True)
     native_plan = plan_approx(spec, entry_bound=0.1, degree=4, allow_slower=True, native=(1, ""))
-    assert native_plan.split.native == 1 and native_plan.split.native_rows == split_mod.NATIVE_CHUNK_ROWS
+    # 3600 rows: whole lane tiles with 9 x rows below torch's parallel grain (its workers stay asleep)
+    assert native_plan.split.native == 1 and native_plan.split.native_rows == 3600
+    assert split_mod.native_chunk_rows(1, 2, 10**6) == split_mod.NATIVE_CHUNK_ROWS  # capped
+    assert split_mod.native_chunk_rows(8, 65, 10**6) == split_mod.NATIVE_MIN_ROWS  # floored
+    assert split_mod.native_chunk_rows(1, 9, 100) == 100  # at most the sequence
 
     def work(plan):
         from polyattn.planning.approx import structure

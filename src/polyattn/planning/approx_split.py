@@ -39,7 +39,7 @@ from functools import lru_cache
 from .approx_bound import feature_table
 from .spec import ProblemSpec
 
-__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "NATIVE_CHUNK_ROWS", "split_top", "slot_table", "split_bytes",
+__all__ = ["SplitTop", "SPLIT_MIN_RANK", "SEGMENT_MIN_ROWS", "SPLIT_CHUNK_BYTES", "NATIVE_CHUNK_ROWS", "native_chunk_rows", "split_top", "slot_table", "split_bytes",
            "cache_rows"]
 
 #: Below this feature rank the materialised products are used: the split's extra GEMM calls per
@@ -59,6 +59,12 @@ SPLIT_CHUNK_BYTES = 5 * 2**20
 #: so chunks only need to be long enough for the per-call cost and the thread split to vanish
 #: (2 threads at d = 16: 240-row chunks scaled 1.0-1.2x, 4096-row chunks 1.6-1.9x); 100 tiles of 48.
 NATIVE_CHUNK_ROWS = 4800
+#: ... and short enough that torch's elementwise ops on a chunk's ``[batch, dv+1, rows]`` messages
+#: stay below torch's parallel grain (32768 elements): a parallel torch op leaves its OpenMP workers
+#: spinning, against the kernel's own threads (2 threads, d = 16, p = 4: 0.27 s at 4800 rows,
+#: 0.20 s at 3600, 1 thread 0.30 s). Never below NATIVE_MIN_ROWS (per-call costs).
+TORCH_GRAIN = 32768
+NATIVE_MIN_ROWS = 480
 
 
 @lru_cache(maxsize=64)
@@ -152,8 +158,15 @@ def split_top(spec: ProblemSpec, rank: int, degree: int, budget: int,
     work = 2 * (d + 1) * (spec.value_dim + 1)  # the two slot-stacked buffers per row
     rows = cache_rows(spec, r1 + work, SPLIT_CHUNK_BYTES, 3 * r1 + work + 2 * (spec.value_dim + 1), budget)
     threads, note = native
-    native_rows = min(NATIVE_CHUNK_ROWS, max(spec.seq_lens)) if threads else 0
+    native_rows = native_chunk_rows(spec.batch, spec.value_dim + 1, max(spec.seq_lens)) if threads else 0
     return SplitTop(d, degree, r1, _segments(d, degree), rows, threads, note, native_rows)
+
+
+def native_chunk_rows(batch: int, z: int, longest: int) -> int:
+    """Rows per no-grad chunk of the native kernel (:data:`NATIVE_CHUNK_ROWS`, :data:`TORCH_GRAIN`):
+    whole 48-row lane tiles, at most the longest sequence."""
+    fit = TORCH_GRAIN // max(1, batch * z) // 48 * 48
+    return int(max(1, min(NATIVE_CHUNK_ROWS, max(NATIVE_MIN_ROWS, fit), longest)))
 
 
 def cache_rows(spec: ProblemSpec, cache_elems: int, target_bytes: int, mem_elems: int, budget: int) -> int:
