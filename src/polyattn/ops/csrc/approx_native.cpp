@@ -19,8 +19,9 @@
 // Register blocks (GCC vector extensions, compiled with -march=native): MR <= 9 value channels x NV
 // vectors. apply: vectors run over rows (lanes) of a [r1][TL] tile, the summary P broadcast;
 // summary: vectors run over features of a row-major [rows][r1] tile, M*q_s broadcast. No
-// horizontal reductions anywhere. Both split their work over `threads` std::threads with disjoint
-// outputs (apply: lane tiles; summary: (slot, feature block) pairs), so no reduction either.
+// horizontal reductions anywhere. Both split their work over `threads` std::threads: apply by lane
+// tiles (disjoint outputs); summary by rows, each thread building only its own rows' features into
+// a private summary that is added in at the end (threads past the first).
 // Only float32; everything else stays on the torch path (the plan says which runs).
 
 #include <algorithm>
