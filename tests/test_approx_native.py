@@ -278,3 +278,36 @@ def test_a_summary_prepared_for_the_kernel_serves_a_query_that_needs_grad():
     torch.testing.assert_close(g.double(), g64, rtol=2e-3, atol=2e-4)
     with torch.no_grad():
         torch.testing.assert_close(out, polyattn.poly_attention(PATH, q, v, **kw), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
+@pytest.mark.parametrize("extra,lanes", [(("-mno-avx512f",), 8), (("-mno-avx512f", "-mno-avx2", "-mno-avx"), 4)],
+                         ids=["avx2", "sse"])
+def test_the_narrower_vector_paths_compute_the_same(extra, lanes, tmp_path, monkeypatch):
+    """The kernel's AVX2 (8 lanes, 1 vector) and generic (4 lanes) register blocks, built from the same
+    source with AVX-512 switched off, against the torch split in float64 (this machine's own build
+    runs the AVX-512 path everywhere else)."""
+    import ctypes
+
+    cxx = native_mod._compiler()
+    target = tmp_path / "narrow.so"
+    assert native_mod._compile(cxx, target, native_mod.FLAGS + extra) == ""
+    lib = native_mod._declare(ctypes.CDLL(str(target)))
+    if "avx" not in native_mod._cpu_flags():
+        pytest.skip("this CPU has no AVX: -march=native already builds the generic path")
+    assert lib.pa_tile_lanes() == lanes
+    monkeypatch.setattr(native_mod, "library", lambda: lib)
+    g = torch.Generator().manual_seed(5)
+    for d, p, z, rows, threads in [(5, 3, 9, 37, 1), (4, 4, 11, 130, 2), (16, 3, 3, 50, 3)]:
+        nat = NativeProducts(_split(d, p, threads), 1.0, z, CPU, F32)
+        ref = SplitProducts(_split(d, p, 0), 1.0, z, CPU, F64)
+        qt = torch.rand(d, rows, generator=g) - 0.5
+        a = torch.randn(z, feature_rank(d, p), generator=g)
+        m = torch.randn(rows, z, generator=g).t()
+        with torch.no_grad():
+            got = nat.apply(nat.prepare(a), nat.chunk(qt)).double()
+            want = ref.apply(ref.prepare(a.double()), ref.chunk(qt.double()))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max().item()))
+            got_s = nat.finish(nat.summarize(m, nat.chunk(qt), None)).double()
+            want_s = ref.finish(ref.summarize(m.double(), ref.chunk(qt.double()), None))
+            torch.testing.assert_close(got_s, want_s, rtol=1e-4, atol=1e-4 * (1 + want_s.abs().max().item()))

@@ -155,7 +155,7 @@ def _unsafe(path: Path, folder: bool = False) -> str:
     return ""
 
 
-def _compile(cxx: str, target: Path) -> str:
+def _compile(cxx: str, target: Path, flags: tuple[str, ...] = FLAGS) -> str:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -163,7 +163,7 @@ def _compile(cxx: str, target: Path) -> str:
     except OSError as exc:
         return f"cannot write the cache directory {target.parent}: {exc}"
     try:
-        res = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        res = subprocess.run([cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             return f"{Path(cxx).name} failed: {(res.stderr or res.stdout).strip()[:500]}"
         os.replace(tmp, target)
