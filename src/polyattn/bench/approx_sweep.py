@@ -251,7 +251,8 @@ def _products_alone(plan: ApproxPlan, q: torch.Tensor, dv1: int, n: int) -> tupl
     g = torch.Generator().manual_seed(0)
     qt = q.t().contiguous()
     feats = Features(plan.spec.head_dim, plan.degree, 1.0, q.device, q.dtype)  # type: ignore[arg-type]
-    prods, rows = products_for(plan, feats, dv1)
+    prods = products_for(plan, feats, dv1)
+    rows = prods.chunk_rows(grad=False)
     ch = prods.chunk(qt[:, :rows])
     ch = tuple(x.clone() for x in ch) if isinstance(ch, tuple) else ch.clone()
     a = prods.prepare(torch.randn(dv1, plan.rank, generator=g))

@@ -212,14 +212,16 @@ def cost_model(spec: ProblemSpec, budget: int, dtype: torch.dtype,
 def native_constants(threads: int, dv1: int) -> float:
     """Product FLOP/s of the native split kernel (construction included) on this machine: one
     apply and one summary over a full no-grad chunk at d = 16, p = 4 (float32, CPU). ~30 ms."""
-    from ..planning.approx_split import SplitTop, _segments, native_chunk_rows
+    from ..planning.approx_split import split_top
     from .approx_native import NativeProducts
 
     d, p = 16, 4
-    r1, rank = math.comb(d + p - 1, p - 1), math.comb(d + p, p)
-    rows = native_chunk_rows(1, dv1, 1 << 20)
-    prods = NativeProducts(SplitTop(d, p, r1, _segments(d, p), rows, threads, "", rows), 1.0, dv1, CPU,
-                           torch.float32)
+    rank = math.comb(d + p, p)
+    spec = ProblemSpec.build("x1*x2", seq_len=1 << 20, head_dim=d, value_dim=max(1, dv1 - 1))
+    split = split_top(spec, rank, p, 1 << 40, (threads, ""))  # as the planner makes it for a long sequence
+    assert split is not None
+    rows = split.native_rows
+    prods = NativeProducts(split, 1.0, dv1, CPU, torch.float32)
     g = torch.Generator().manual_seed(2)
     qt = torch.rand(d, rows, generator=g) - 0.5
     a = prods.prepare(torch.randn(dv1, rank, generator=g))

@@ -220,28 +220,30 @@ class NativeProducts(SplitProducts):
             raise RuntimeError(f"the plan runs the native approx kernel, which is unavailable: {status()}")
         self.lib = lib
         self.threads = max(1, split.native)
-        self.no_grad_rows = split.native_rows or split.rows
-        self.d = d = split.d
-        p = split.degree
+        self.native_rows = split.native_rows or split.rows
+        d, p = split.d, split.degree
         r1, _, slots = slot_table(d, p)
-        counts, _, _ = feature_table(d, p - 1)
-        steps = construction_steps(counts, d)
+        steps = construction_steps(feature_table(d, p - 1)[0], d)
 
         def i32(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.int32)
 
-        self.nsteps = len(steps)
-        self.steps = i32([x for step in steps for x in step])
-        self.sa = i32([a for a, _, _ in slots])
-        self.sb = i32([b for _, b, _ in slots])
-        self.sc = i32([-1] + [d - 1 - j for j in range(d)])  # slot order of slot_table
-        self.r1 = r1
+        # the kernel's tables, kept alive here: construction steps, slot rows, slot coordinates
+        # (-1: the low slot; the others multiply by q[coord], as the torch split's ``coord``)
+        self._arrays = (i32([x for step in steps for x in step]), i32([a for a, _, _ in slots]),
+                        i32([b for _, b, _ in slots]), torch.cat([self.coord.new_full((1,), -1), self.coord]).int())
+        steps_t, sa, sb, sc = self._arrays
+        self._tables = (d, r1, len(steps), _ptr(steps_t), self.S, _ptr(sa), _ptr(sb), _ptr(sc), z)
         self.tile_rows = SUMMARY_TILE_ROWS
         # work buffers of the kernel's threads, allocated once (+16 floats: the kernel aligns them)
         self.work_apply = torch.empty(lib.pa_apply_workspace(r1, z, self.threads) + 16)
         self.work_summary = torch.empty(lib.pa_summary_workspace(r1, self.S, z, self.tile_rows, self.threads) + 16)
         self.inv_slot, self.inv_row = self.inv // self.K, self.inv % self.K  # feature -> (slot, row of G)
         self._packed: dict[int, weakref.ref] = {}  # summaries prepare() returned in the kernel's layout
+
+    def chunk_rows(self, grad: bool) -> int:
+        """Outside autograd the plan's ``split.native_rows``, under autograd the torch split's rows."""
+        return self.rows if grad else self.native_rows
 
     # -- eligibility -------------------------------------------------------------------------
     @staticmethod
@@ -300,13 +302,10 @@ class NativeProducts(SplitProducts):
         out = torch.empty(*batch, self.z, rows, dtype=qt.dtype)
         pk = pk.expand(*batch, *pk.shape[-3:])
         qt = qt.expand(*batch, *qt.shape[-2:])
-        for idx in itertools.product(*map(range, batch)):
-            pk_b, qt_b = pk[idx], self._lanes(qt[idx])
-            if pk_b.stride(-1) != 1 or pk_b.stride(-2) != self.z or pk_b.stride(-3) != self.z * self.K:
-                pk_b = pk_b.contiguous()
-            _check(self.lib.pa_apply(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa), _ptr(self.sb),
-                              _ptr(self.sc), self.z, _ptr(pk_b), _ptr(qt_b), qt_b.stride(0), rows, _ptr(out[idx]),
-                              rows, _ptr(self.work_apply), self.threads))
+        for idx in itertools.product(*map(range, batch)):  # prepare() made each [S, K, z] block contiguous
+            qt_b = self._lanes(qt[idx])
+            _check(self.lib.pa_apply(*self._tables, _ptr(pk[idx]), _ptr(qt_b), qt_b.stride(0), rows, _ptr(out[idx]),
+                                     rows, _ptr(self.work_apply), self.threads))
         return out
 
     def summarize(self, m: torch.Tensor, ch: Any, acc: torch.Tensor | None) -> torch.Tensor:
@@ -321,9 +320,8 @@ class NativeProducts(SplitProducts):
         qt = qt.expand(*batch, *qt.shape[-2:])
         for idx in itertools.product(*map(range, batch)):
             m_b, qt_b, acc_b = m[idx], self._lanes(qt[idx]), acc[idx]
-            _check(self.lib.pa_summary(self.d, self.r1, self.nsteps, _ptr(self.steps), self.S, _ptr(self.sa),
-                                _ptr(self.sb), _ptr(self.sc), self.z, _ptr(m_b), m_b.stride(0), m_b.stride(1),
-                                _ptr(qt_b), qt_b.stride(0), qt_b.shape[-1], _ptr(acc_b), acc_b.stride(0),
-                                _ptr(self.work_summary), self.tile_rows, self.threads))
+            _check(self.lib.pa_summary(*self._tables, _ptr(m_b), m_b.stride(0), m_b.stride(1), _ptr(qt_b),
+                                       qt_b.stride(0), qt_b.shape[-1], _ptr(acc_b), acc_b.stride(0),
+                                       _ptr(self.work_summary), self.tile_rows, self.threads))
         return acc
 

@@ -31,16 +31,16 @@ from .approx_features import Features, aligned_empty
 __all__ = ["DenseProducts", "SplitProducts", "products_for"]
 
 
-def products_for(plan: ApproxPlan, feats: Features, z: int) -> tuple[DenseProducts | SplitProducts, int]:
-    """The plain-edge products the plan names and their rows per chunk (``feats``: the full-degree
-    features, used by the materialised form)."""
+def products_for(plan: ApproxPlan, feats: Features, z: int) -> DenseProducts | SplitProducts:
+    """The plain-edge products the plan names (``feats``: the full-degree features, used by the
+    materialised form); each knows its rows per chunk (:meth:`chunk_rows`)."""
     if plan.split is not None and plan.split.native:
         from .approx_native import NativeProducts  # it builds on SplitProducts
 
-        return NativeProducts(plan.split, feats.scale, z, feats.device, feats.dtype), plan.split.rows
+        return NativeProducts(plan.split, feats.scale, z, feats.device, feats.dtype)
     if plan.split is not None:
-        return SplitProducts(plan.split, feats.scale, z, feats.device, feats.dtype), plan.split.rows
-    return DenseProducts(feats), max(1, plan.chunk_rows)
+        return SplitProducts(plan.split, feats.scale, z, feats.device, feats.dtype)
+    return DenseProducts(feats, plan.chunk_rows)
 
 
 def _grad(*xs: torch.Tensor) -> bool:
@@ -50,11 +50,13 @@ def _grad(*xs: torch.Tensor) -> bool:
 class DenseProducts:
     """Products with the whole feature matrix of a chunk built (``F^T``, ``[..., r, rows]``)."""
 
-    #: rows per chunk outside autograd when they differ from the plan's chunk rows (0: the same)
-    no_grad_rows = 0
-
-    def __init__(self, feats: Features) -> None:
+    def __init__(self, feats: Features, rows: int = 1) -> None:
         self.feats = feats
+        self.rows = max(1, rows)
+
+    def chunk_rows(self, grad: bool) -> int:
+        """Rows per chunk (the plan's), with or without autograd."""
+        return self.rows
 
     def chunk(self, qt: torch.Tensor) -> Any:
         return self.feats.cols(qt)
@@ -76,9 +78,8 @@ class DenseProducts:
 class SplitProducts:
     """Products with the top degree split off (see the module docstring)."""
 
-    no_grad_rows = 0  # as DenseProducts
-
     def __init__(self, split: SplitTop, scale: float, z: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.rows = split.rows
         d, p = split.d, split.degree
         r1, _, slots = slot_table(d, p)
         self.low = Features(d, p - 1, scale, device, dtype)
@@ -99,6 +100,10 @@ class SplitProducts:
         self.gather = flat.to(device)  # stacked position -> feature index (rank = the zero column)
         self.inv = inv.to(device)  # feature index -> stacked position
         self.coord = torch.arange(d - 1, -1, -1, device=device)  # slot 1 + j multiplies by q[d - 1 - j]
+
+    def chunk_rows(self, grad: bool) -> int:
+        """Rows per chunk (the plan's ``split.rows``), with or without autograd."""
+        return self.rows
 
     def chunk(self, qt: torch.Tensor) -> Any:
         return self.low.cols(qt), qt.index_select(-2, self.coord)

@@ -182,7 +182,7 @@ def _times(e: torch.Tensor | None, x: torch.Tensor, owned: bool, fresh: bool) ->
 
 def _visit(
     prob: Problem, c: int, prods: DenseProducts | SplitProducts, coefs: dict[tuple[float, ...], torch.Tensor],
-    plain: list[tuple[_Edge, torch.Tensor]], row_msgs: list[torch.Tensor], up: _Edge | None, chunk: int,
+    plain: list[tuple[_Edge, torch.Tensor]], row_msgs: list[torch.Tensor], up: _Edge | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One pass over variable ``c``'s rows, chunk by chunk.
 
@@ -190,7 +190,7 @@ def _visit(
     ``row_msgs``: c's incoming causal messages ``[..., n_c, dv1]``. Returns ``(m_c^T, A_c^T)``:
     the full message ``[..., dv1, n_c]`` when c is the root or its up-edge is causal (else None),
     and the summary for a plain up-edge (else None). ``prods`` runs the feature-space products
-    (materialised or top-degree split, as the plan says).
+    (materialised, top-degree split or native, as the plan says) and sets the rows per chunk.
     """
     n = prob.n(c)
     keep = up is None or up.causal is not None
@@ -233,8 +233,7 @@ def _visit(
             contrib = e.sum(-1, keepdim=True)
         return e, contrib
 
-    if inplace and prods.no_grad_rows:  # the native kernel's own (longer) chunks, as the plan says
-        chunk = prods.no_grad_rows
+    chunk = prods.chunk_rows(grad=not inplace)
     kept, acc = [], None
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
@@ -262,7 +261,7 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
     for c in plan.order:
         children[edges[c].parent].append(c)
     chunk = max(1, plan.chunk_rows)
-    prods, plain_chunk = products_for(plan, feats, prob.dv + 1)
+    prods = products_for(plan, feats, prob.dv + 1)
     block = plan.causal_block
     summary: dict[int, torch.Tensor] = {}  # plain child -> A^T [..., dv1, r or 1]
     causal_msg: dict[int, torch.Tensor] = {}  # causal child -> message to its parent [..., n_u, dv1]
@@ -270,7 +269,7 @@ def tree_approx(prob: Problem, plan: ApproxPlan, feats: Features) -> torch.Tenso
         up = edges.get(c)
         plain = [(edges[g], summary.pop(g)) for g in children[c] if g in summary]
         row_msgs = [causal_msg.pop(g) for g in children[c] if g in causal_msg]
-        m, a = _visit(prob, c, prods, coefs, plain, row_msgs, up, plain_chunk)
+        m, a = _visit(prob, c, prods, coefs, plain, row_msgs, up)
         if up is None:
             return finish(m.transpose(-1, -2), prob)  # type: ignore[union-attr]
         if up.causal is None:

@@ -103,7 +103,7 @@ SPLIT_GEMM_GAIN = 1.3
 SPLIT_OPS_PER_CHUNK = 10
 #: The native split kernel (:mod:`polyattn.ops.approx_native`; construction fused in, no padding)
 #: against the ``dv+1``-row GEMMs of ``product_flops``, when it was not measured: 80 vs 53 GFLOP/s
-#: (d = 16, p = 4, dv = 8, 4800-row chunks, 1 thread, development machine).
+#: (d = 16, p = 4, dv = 8, one no-grad chunk, 1 thread, development machine).
 NATIVE_GAIN = 1.5
 #: Torch ops per chunk of the native kernel (kernel calls, messages, slicing).
 NATIVE_OPS_PER_CHUNK = 8
